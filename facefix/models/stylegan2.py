@@ -1,0 +1,369 @@
+"""StyleGAN2 generator whose module tree *is* rosinality's ``g_ema`` checkpoint layout.
+
+``Generator(1024, 512, 8, channel_multiplier=2).load_state_dict(ckpt["g_ema"])`` loads the official
+``stylegan2-ffhq-config-f.pt`` strictly, with no renaming table: every attribute name below is a checkpoint key
+(``style.1.weight``, ``convs.3.conv.modulation.bias``, ``noises.noise_7``, ...). Numerics follow the reference
+exactly (see ``shared/golden``); only the API differs:
+
+- ``mapping`` (z -> w), ``truncate`` and ``mix`` are separate methods, and ``synthesis`` takes a W+ code
+  [N, n_latent, 512] directly, so no flag changes what a call returns.
+- Noise is the checkpoint's fixed ``noises.noise_i`` buffers by default (deterministic); pass a
+  ``torch.Generator`` for seeded random noise, or an explicit list. A generator loaded from a file without noise
+  buffers refuses to synthesise with fixed noise instead of silently using its random initial buffers.
+- ``out_res`` stops early: the skip architecture has a valid RGB image at every level.
+- ``feature_hook(res, y)`` sees (and may replace) the output of each up-sampling conv before noise and bias, which
+  is where SAMM aligns generated features to the encoder's (``shared/research/samm_spec.md`` §2.5).
+
+Dimension letters: N batch, C channels, L W+ rows (n_latent, 18 at 1024), D style dim (512).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facefix.models.ops import fused_leaky_relu, make_kernel, upfirdn2d
+
+FeatureHook = Callable[[int, Tensor], Tensor]
+"""``hook(res, y) -> y'``: y [N,C,res,res] is an up-sampling conv's output before noise and bias."""
+
+BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each vector to unit RMS over dim 1 (the mapping network's input step)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalised learning rate: ``x @ (W * scale)^T + b * lr_mul``, scale = lr_mul / sqrt(in).
+
+    Args:
+        in_dim, out_dim: feature sizes.
+        bias_init: initial bias value (1 for modulation, so styles start near 1).
+        lr_mul: learning-rate multiplier (0.01 in the mapping network); weights are stored divided by it.
+        activation: apply fused lrelu(0.2)*sqrt(2) after the bias.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = (1 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N, in] -> [N, out]."""
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
+        return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, lr_mul={self.lr_mul}, act={self.activation}"
+
+
+class Blur(nn.Module):
+    """FIR low-pass after a transposed conv. ``kernel`` buffer = outer([1,3,3,1])/64 * up**2 (a checkpoint key)."""
+
+    def __init__(self, pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(BLUR_KERNEL) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR up-sampling of the RGB skip path (zero insertion + [1,3,3,1] filter, pad (2,1))."""
+
+    def __init__(self, factor: int = 2):
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(BLUR_KERNEL) * factor**2)
+        p = self.kernel.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N,C,H,W] -> [N,C,2H,2W]."""
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated convolution (StyleGAN2 weight demodulation), optionally with 2x transposed up-sampling.
+
+    Args:
+        in_channel, out_channel: channels.
+        kernel_size: 3 for feature convs, 1 for ToRGB.
+        style_dim: D, the W vector size.
+        demodulate: normalise each output filter to unit norm (False for ToRGB).
+        upsample: stride-2 transposed conv followed by the FIR blur (doubles H and W).
+    """
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 demodulate: bool = True, upsample: bool = False):
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_channel, out_channel, kernel_size
+        self.upsample, self.demodulate = upsample, demodulate
+        if upsample:
+            factor = 2
+            p = len(BLUR_KERNEL) - factor - (kernel_size - 1)
+            self.blur = Blur(pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
+
+    def modulated_weight(self, w: Tensor) -> Tensor:
+        """w: [N,D] -> per-sample weights [N, out, in, k, k] (modulated, demodulated if enabled)."""
+        n = w.shape[0]
+        style = self.modulation(w).view(n, 1, self.in_channel, 1, 1)          # [N,1,I,1,1]
+        weight = self.scale * self.weight * style                               # [N,O,I,k,k]
+        if self.demodulate:
+            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)           # [N,O]
+            weight = weight * demod.view(n, self.out_channel, 1, 1, 1)
+        return weight
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x: [N,in,H,W], w: [N,D] -> [N,out,H',W'] with H' = 2H if upsample else H.
+
+        The batch runs as one grouped convolution (groups = N), as the reference's fused path does, so each sample
+        gets its own modulated filters and the numerics equal the reference's.
+        """
+        n, _, h, wd = x.shape
+        weight = self.modulated_weight(w)
+        k = self.kernel_size
+        if self.upsample:
+            # conv_transpose2d weights are [in, out/groups, k, k] per group.
+            weight = weight.transpose(1, 2).reshape(n * self.in_channel, self.out_channel, k, k)
+            out = F.conv_transpose2d(x.reshape(1, n * self.in_channel, h, wd), weight, padding=0, stride=2,
+                                     groups=n)
+            out = out.view(n, self.out_channel, out.shape[2], out.shape[3])
+            return self.blur(out)
+        weight = weight.reshape(n * self.out_channel, self.in_channel, k, k)
+        out = F.conv2d(x.reshape(1, n * self.in_channel, h, wd), weight, padding=self.padding, groups=n)
+        return out.view(n, self.out_channel, h, wd)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channel} -> {self.out_channel}, k={self.kernel_size}, upsample={self.upsample}, "
+                f"demodulate={self.demodulate}")
+
+
+class NoiseInjection(nn.Module):
+    """``x + weight * noise``; ``weight`` is one learned scalar per layer, noise is [N,1,H,W]."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
+        return x + self.weight * noise
+
+
+class FusedLeakyReLU(nn.Module):
+    """Per-channel bias followed by lrelu(0.2)*sqrt(2). ``bias`` [C] is the checkpoint's ``activate.bias``."""
+
+    def __init__(self, channel: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fused_leaky_relu(x, self.bias)
+
+
+class ConstantInput(nn.Module):
+    """The learned 4x4 start tensor ``input`` [1,C,4,4], repeated over the batch."""
+
+    def __init__(self, channel: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channel, size, size))
+
+    def forward(self, n: int) -> Tensor:
+        return self.input.repeat(n, 1, 1, 1)
+
+
+class StyledConv(nn.Module):
+    """ModulatedConv2d -> (feature hook) -> noise -> bias + lrelu."""
+
+    def __init__(self, in_channel: int, out_channel: int, kernel_size: int, style_dim: int,
+                 upsample: bool = False):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_channel, out_channel, kernel_size, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_channel)
+
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor, hook: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """x: [N,in,H,W], w: [N,D], noise: [N or 1,1,H',W'] -> [N,out,H',W']."""
+        out = self.conv(x, w)
+        if hook is not None:
+            out = hook(out)
+        return self.activate(self.noise(out, noise))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv (no demodulation) to RGB, plus the up-sampled RGB of the previous level (skip path)."""
+
+    def __init__(self, in_channel: int, style_dim: int, upsample: bool = True):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample()
+        self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
+        """x: [N,C,H,W], w: [N,D], skip: [N,3,H/2,W/2] or None -> [N,3,H,W]."""
+        out = self.conv(x, w) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+def channels_for(channel_multiplier: int) -> dict[int, int]:
+    """Feature channels per resolution (config-f at channel_multiplier=2)."""
+    cm = channel_multiplier
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
+            1024: 16 * cm}
+
+
+class Generator(nn.Module):
+    """rosinality's StyleGAN2 generator (skip architecture), state dict = the official ``g_ema``.
+
+    Args:
+        size: output resolution in px (power of two, 64 for tests, 1024 for FFHQ config-f).
+        style_dim: D, size of z and w (512).
+        n_mlp: mapping-network depth (8).
+        channel_multiplier: 2 for config-f.
+        lr_mlp: mapping learning-rate multiplier (0.01); affects how weights are stored.
+
+    Attributes read by callers: ``size``, ``log_size``, ``num_layers`` (noise inputs, 17 at 1024), ``n_latent``
+    (W+ rows, 18 at 1024), ``channels``, ``has_fixed_noise``.
+    """
+
+    def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
+                 lr_mlp: float = 0.01):
+        super().__init__()
+        if size < 8 or size & (size - 1):
+            raise ValueError(f"size must be a power of two >= 8, got {size}")
+        self.size, self.style_dim = size, style_dim
+        self.n_mlp, self.channel_multiplier = n_mlp, channel_multiplier
+        self.style = nn.Sequential(PixelNorm(), *[
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)])
+        self.channels = channels_for(channel_multiplier)
+        self.input = ConstantInput(self.channels[4])
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim)
+        self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
+        self.log_size = int(math.log2(size))
+        self.num_layers = (self.log_size - 2) * 2 + 1
+        self.convs = nn.ModuleList()
+        self.upsamples = nn.ModuleList()  # empty, kept because the reference has it (no keys)
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for i in range(self.num_layers):
+            res = 2 ** ((i + 5) // 2)
+            self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, res, res))
+        in_channel = self.channels[4]
+        for i in range(3, self.log_size + 1):
+            out_channel = self.channels[2**i]
+            self.convs.append(StyledConv(in_channel, out_channel, 3, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim))
+            self.to_rgbs.append(ToRGB(out_channel, style_dim))
+            in_channel = out_channel
+        self.n_latent = self.log_size * 2 - 2
+        # False when a checkpoint without noise buffers was loaded: the buffers then hold init values, not data.
+        self.has_fixed_noise = True
+
+    # -- latent space ---------------------------------------------------------------------------------------
+    def mapping(self, z: Tensor) -> Tensor:
+        """z: [N,D] Gaussian -> w: [N,D] (PixelNorm + n_mlp EqualLinear layers)."""
+        return self.style(z)
+
+    @staticmethod
+    def truncate(w: Tensor, psi: float, w_avg: Tensor) -> Tensor:
+        """Truncation trick ``w_avg + psi * (w - w_avg)``; w: [N,D] or [N,L,D], w_avg broadcastable ([1,D])."""
+        return w_avg + psi * (w - w_avg)
+
+    def broadcast(self, w: Tensor) -> Tensor:
+        """w: [N,D] -> W+ [N,L,D] (the same w on every row); a [N,L,D] input is returned as is."""
+        return w if w.ndim == 3 else w.unsqueeze(1).repeat(1, self.n_latent, 1)
+
+    def mix(self, w1: Tensor, w2: Tensor, inject_index: int) -> Tensor:
+        """Style mixing: rows [0, inject_index) from w1 [N,D], the rest from w2 [N,D] -> W+ [N,L,D]."""
+        if not 0 < inject_index < self.n_latent:
+            raise ValueError(f"inject_index must be in 1..{self.n_latent - 1}, got {inject_index}")
+        return torch.cat([w1.unsqueeze(1).repeat(1, inject_index, 1),
+                          w2.unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)], dim=1)
+
+    # -- synthesis ------------------------------------------------------------------------------------------
+    def fixed_noise(self) -> list[Tensor]:
+        """The checkpoint's noise buffers, [1,1,r,r] for r = 4, 8, 8, 16, 16, ..., size, size."""
+        if not self.has_fixed_noise:
+            raise RuntimeError("this generator's checkpoint has no noise buffers: pass explicit noise or a "
+                               "torch.Generator for seeded random noise")
+        return [getattr(self.noises, f"noise_{i}") for i in range(self.num_layers)]
+
+    def random_noise(self, n: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """Fresh N(0,1) noise [N,1,r,r] per layer, drawn from ``generator`` (CPU generators are portable)."""
+        dev = self.input.input.device
+        gen_dev = generator.device if generator is not None else dev
+        shapes = [getattr(self.noises, f"noise_{i}").shape for i in range(self.num_layers)]
+        return [torch.randn(n, 1, s[2], s[3], generator=generator, device=gen_dev).to(dev) for s in shapes]
+
+    def synthesis(self, w_plus: Tensor, noise: Sequence[Tensor] | None = None,
+                  generator: torch.Generator | None = None, out_res: int | None = None,
+                  feature_hook: FeatureHook | None = None) -> Tensor:
+        """W+ -> image.
+
+        Args:
+            w_plus: [N,L,D] (a [N,D] w is broadcast to all rows).
+            noise: explicit per-layer noise ([N or 1,1,r,r] each, ``num_layers`` of them). Default: the
+                checkpoint's fixed buffers, or random noise from ``generator`` when one is given.
+            generator: RNG for random noise (``--seed``); ignored when ``noise`` is given.
+            out_res: stop at this resolution (power of two, 4..size); the RGB skip image of that level is returned.
+            feature_hook: ``hook(res, y) -> y'`` applied to each up-sampling conv output [N,C,res,res] before noise
+                and bias (res = 8..size). Return ``y`` unchanged to only read it.
+        Returns:
+            image [N,3,out_res,out_res], float, roughly in [-1,1] (not clamped).
+        """
+        w_plus = self.broadcast(w_plus)
+        n, rows, _ = w_plus.shape
+        if rows != self.n_latent:
+            raise ValueError(f"w_plus has {rows} rows, this {self.size}px generator needs {self.n_latent}")
+        out_res = self.size if out_res is None else out_res
+        if out_res < 4 or out_res > self.size or out_res & (out_res - 1):
+            raise ValueError(f"out_res must be a power of two in 4..{self.size}, got {out_res}")
+        if noise is None:
+            noise = self.random_noise(n, generator) if generator is not None else self.fixed_noise()
+        if len(noise) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} noise tensors, got {len(noise)}")
+
+        out = self.conv1(self.input(n), w_plus[:, 0], noise[0])
+        skip = self.to_rgb1(out, w_plus[:, 1])
+        res = 4
+        for level, to_rgb in enumerate(self.to_rgbs):
+            if res >= out_res:
+                break
+            res *= 2
+            i = 1 + 2 * level  # W+ row of this level's up-sampling conv
+            up, conv = self.convs[2 * level], self.convs[2 * level + 1]
+            hook = None if feature_hook is None else (lambda y, r=res: feature_hook(r, y))
+            out = up(out, w_plus[:, i], noise[i], hook)
+            out = conv(out, w_plus[:, i + 1], noise[i + 1])
+            skip = to_rgb(out, w_plus[:, i + 2], skip)
+        return skip
+
+    def forward(self, w_plus: Tensor, noise: Sequence[Tensor] | None = None,
+                generator: torch.Generator | None = None, out_res: int | None = None) -> Tensor:
+        """Same as :meth:`synthesis` (W+ in, image out)."""
+        return self.synthesis(w_plus, noise=noise, generator=generator, out_res=out_res)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, style_dim={self.style_dim}, n_mlp={self.n_mlp}, "
+                f"channel_multiplier={self.channel_multiplier}, n_latent={self.n_latent}")
