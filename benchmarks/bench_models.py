@@ -1,0 +1,109 @@
+"""Model-stack benchmark: median time, GFLOP/s and peak RSS per stage, with recipe weights on this machine.
+
+Run:  python benchmarks/bench_models.py [--threads 2] [--repeats 3] [--no-malloc-tuning]
+          [--stages gen1,gen4,e4e,chain,restyle]
+
+Each stage runs in its own child process so that peak RSS (ru_maxrss) is per stage. FLOP counts are analytic
+(``shared/research/perf_baseline.md``): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
+The allocator line says whether facefix's malloc tuning (``facefix.runtime.tune_malloc``) was applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+GEN_GFLOP = 150.77
+E4E_GFLOP = 145.0
+
+
+def _child(stage: str, threads: int, repeats: int, tune: bool) -> dict:
+    import torch
+
+    from facefix.runtime import tune_malloc
+
+    applied = tune_malloc() if tune else False
+    torch.set_num_threads(threads)
+    from facefix.models.recipe import fill_module, latent_avg
+    from facefix.models.stylegan2 import Generator
+
+    gen = enc = None
+    if stage in ("gen1", "gen4", "chain", "restyle"):
+        gen = fill_module(Generator(1024), "generator").eval().requires_grad_(False)
+    if stage in ("e4e", "chain", "restyle"):  # imported here so generator stages run without the encoders
+        from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
+
+        enc = (fill_module(Encoder4Editing(), "encoder", 5000) if stage != "restyle"
+               else fill_module(ReStyleEncoder(), "encoder", 6000)).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 256, 256, generator=g) * 2 - 1
+    if stage == "gen1":
+        w, flop = torch.randn(1, 18, 512, generator=g), GEN_GFLOP
+
+        def fn():
+            gen.synthesis(w)
+    elif stage == "gen4":
+        w, flop = torch.randn(4, 18, 512, generator=g), 4 * GEN_GFLOP
+
+        def fn():
+            gen.synthesis(w)
+    elif stage == "e4e":
+        flop = E4E_GFLOP
+
+        def fn():
+            enc.encode(x)
+    else:
+        from facefix.pipeline import FacefixPipeline
+
+        pipe = FacefixPipeline(gen, enc, latent_avg([18, 512], 901))
+        iters = 1 if stage == "chain" else 5
+        flop = iters * (GEN_GFLOP + E4E_GFLOP)
+
+        def fn():
+            pipe(x)
+    times = []
+    with torch.no_grad():
+        fn()  # warm-up (allocator, oneDNN primitive caches)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"stage": stage, "median_s": med, "min_s": min(times), "gflop": flop, "gflops": flop / med,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "malloc_tuned": applied,
+            "threads": threads, "repeats": repeats}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stages", default="gen1,gen4,e4e,chain,restyle")
+    ap.add_argument("--no-malloc-tuning", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.threads, args.repeats, not args.no_malloc_tuning)))
+        return
+    print(f"{'stage':<8} {'median s':>9} {'per image s':>12} {'GFLOP/s':>8} {'peak RSS GB':>12}  allocator")
+    for stage in args.stages.split(","):
+        cmd = [sys.executable, __file__, "--child", stage, "--threads", str(args.threads),
+               "--repeats", str(args.repeats)] + (["--no-malloc-tuning"] if args.no_malloc_tuning else [])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{stage:<8} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        per_image = r["median_s"] / (4 if stage == "gen4" else 1)
+        alloc = "glibc + facefix mallopt" if r["malloc_tuned"] else "glibc default"
+        print(f"{stage:<8} {r['median_s']:>9.2f} {per_image:>12.2f} {r['gflops']:>8.1f} "
+              f"{r['peak_rss_gb']:>12.2f}  {alloc}")
+
+
+if __name__ == "__main__":
+    main()
