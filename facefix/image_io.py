@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
@@ -253,12 +254,22 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
     elif family == "BMP":
         kwargs.pop("icc_profile", None)
 
+    atomic_write(path, lambda f: img.save(f, format=family, **kwargs), what="image")
+    return path
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:
+    """Write a file so that it is either complete or absent: temp file in the same folder, fsync, ``os.replace``.
+
+    ``write(f)`` fills the open binary file. Any failure (including Ctrl-C) removes the temp file and leaves an
+    existing file at ``path`` untouched; an OSError becomes a one-line ``FacefixError``.
+    """
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
         # os.open (not mkstemp) so the final file gets normal umask permissions, not 0600.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
-            img.save(f, format=family, **kwargs)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -268,7 +279,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
         except OSError:
             pass
         if isinstance(err, OSError):
-            raise FacefixError(f"{path}: cannot write image ({err.strerror or err})") from err
+            raise FacefixError(f"{path}: cannot write {what} ({err.strerror or err})") from err
         raise
     try:  # make the rename itself durable; best effort (not possible on every platform)
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -278,7 +289,11 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
             os.close(dfd)
     except OSError:
         pass
-    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """:func:`atomic_write` of a bytes payload (reports, latents, JSON)."""
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
