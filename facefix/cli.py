@@ -60,6 +60,9 @@ def _errors_to_exit(debug: bool) -> Iterator[None]:
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # `facefix weights list | head`: the reader left, nothing to report
+        sys.stderr.close()
+        raise typer.Exit(EXIT_OK) from None
     except Exception as e:  # noqa: BLE001 - the one place that turns bugs into a line
         if debug:
             traceback.print_exc()
@@ -325,6 +328,72 @@ def align(
         output.mkdir(parents=True, exist_ok=True)
         code = _run_inputs(paths, output, work, quiet, as_json, "align", {"face": face, "size": size})
     raise typer.Exit(code)
+
+
+weights_app = typer.Typer(help="Checkpoints: list what facefix can use, download, verify sha256, print paths.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+@weights_app.command("list")
+def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every file facefix can use: present or not, size, licence, status and purpose (no network, no hashing)."""
+    with _errors_to_exit(False):
+        from facefix import weights
+
+        rows = weights.list_entries()
+        if as_json:
+            typer.echo(json.dumps([{**asdict(r), "path": str(r.path) if r.path else None} for r in rows], indent=2))
+            return
+        for r in rows:
+            mark = "present" if r.present else "-"
+            typer.echo(f"{r.name:<28} {mark:<8} {_human_size(r.size):>9}  {r.status:<11} {r.licence:<24} {r.purpose}")
+
+
+@weights_app.command("download")
+def weights_download(names: Annotated[list[str] | None, typer.Argument(help="Entries (default: every "
+                                                                      "downloadable one).")] = None,
+                     debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks.")] = False) -> None:
+    """Download into the Hugging Face cache (HF_HOME) and verify sha256."""
+    with _errors_to_exit(debug):
+        from facefix import weights
+
+        for name, path in weights.download(names or None).items():
+            typer.echo(f"{name}: {path}")
+
+
+@weights_app.command("verify")
+def weights_verify(names: Annotated[list[str] | None, typer.Argument(help="Entries (default: all).")] = None) -> None:
+    """Re-hash present files against the manifest's sha256; exit 1 on any mismatch."""
+    with _errors_to_exit(False):
+        from facefix import weights
+
+        results = weights.verify(names or None)
+        for r in results:
+            typer.echo(f"{r.name:<28} {r.status:<9} {r.message}")
+        bad = [r for r in results if r.status == "mismatch"]
+    raise typer.Exit(EXIT_SOME_FAILED if bad else EXIT_OK)
+
+
+@weights_app.command("path")
+def weights_path(name: Annotated[str, typer.Argument(help="Entry name (see `facefix weights list`).")]) -> None:
+    """Print where an entry's file is (or would be downloaded to)."""
+    with _errors_to_exit(False):
+        from facefix import weights
+
+        if name not in weights.load_manifest().names():
+            raise UsageError(f"unknown weights entry {name!r} (see `facefix weights list`)")
+        typer.echo(str(weights.path(name)))
 
 
 def _as_aligned_crop(rgb, path: Path):
