@@ -40,3 +40,38 @@ def g1024():
     from facefix.models.stylegan2 import Generator
 
     return fill_module(Generator(1024), "generator").eval().requires_grad_(False)
+
+
+def write_generator_checkpoint(path: Path, size: int = 64, legacy: bool = False, drop: str | None = None) -> Path:
+    """A rosinality-format file ``{'g_ema', 'latent_avg'}`` with recipe weights; ``drop`` removes keys containing it."""
+    from facefix.models.recipe import fill_module, latent_avg
+    from facefix.models.stylegan2 import Generator
+
+    sd = fill_module(Generator(size), "generator").state_dict()
+    if drop:
+        sd = type(sd)((k, v) for k, v in sd.items() if drop not in k)
+    torch.save({"g_ema": sd, "latent_avg": latent_avg([512], 900)}, path, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def write_e4e_checkpoint(path: Path, size: int = 64, restyle: bool = False) -> Path:
+    """An e4e (or ReStyle) file in the official layout: {'state_dict': encoder.* + decoder.*, 'opts', 'latent_avg'}."""
+    from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
+    from facefix.models.recipe import fill_module, latent_avg
+    from facefix.models.stylegan2 import Generator
+
+    g = fill_module(Generator(size), "generator")
+    enc = fill_module(ReStyleEncoder(g.n_latent) if restyle else Encoder4Editing(g.n_latent), "encoder",
+                      6000 if restyle else 5000)
+    sd = {**{"encoder." + k: v for k, v in enc.state_dict().items()},
+          **{"decoder." + k: v for k, v in g.state_dict().items()}}
+    opts = {"encoder_type": "ProgressiveBackboneEncoder" if restyle else "Encoder4Editing", "stylegan_size": size,
+            "start_from_latent_avg": True, "progressive_steps": [0, 1], "device": "cuda:0", "checkpoint_path": None}
+    torch.save({"state_dict": sd, "opts": opts, "latent_avg": latent_avg([g.n_latent, 512], 901)}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def e4e64_file(tmp_path_factory) -> Path:
+    """An e4e checkpoint over the 64 px generator (10 W+ rows, ~620 MB on disk), written once per session."""
+    return write_e4e_checkpoint(tmp_path_factory.mktemp("ckpt") / "e4e64.pt")

@@ -1,0 +1,125 @@
+"""Loading the official checkpoint layouts from files: strict keys, known variants, clear errors, no pickled code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from facefix.checkpoints import load_encoder, load_generator
+from facefix.errors import WeightsError
+from tests.conftest import golden, write_e4e_checkpoint, write_generator_checkpoint
+from tests.models.test_stylegan2 import close
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_generator_file_loads_and_matches_golden(tmp_path, legacy):
+    path = write_generator_checkpoint(tmp_path / "g.pt", legacy=legacy)
+    loaded = load_generator(path)
+    assert loaded.generator.size == 64 and loaded.latent_avg.shape == (512,)
+    d = golden("g64_synthesis.npz")
+    with torch.no_grad():
+        close(loaded.generator.synthesis(torch.from_numpy(d["wplus"])), d["img"])
+
+
+def test_missing_blur_kernels_are_rebuilt(tmp_path):
+    path = write_generator_checkpoint(tmp_path / "g.pt", drop=".kernel")
+    d = golden("g64_synthesis.npz")
+    with torch.no_grad():
+        close(load_generator(path).generator.synthesis(torch.from_numpy(d["wplus"])), d["img"])
+
+
+def test_missing_noise_buffers_never_become_silent_random_noise(tmp_path):
+    g = load_generator(write_generator_checkpoint(tmp_path / "g.pt", drop="noises.")).generator
+    w = torch.zeros(1, 10, 512)
+    with pytest.raises(RuntimeError, match="no noise buffers"):
+        g.synthesis(w)
+    assert torch.isfinite(g.synthesis(w, generator=torch.Generator().manual_seed(0))).all()
+
+
+def test_wrong_keys_and_shapes_are_one_line_errors(tmp_path):
+    path = write_generator_checkpoint(tmp_path / "g.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["g_ema"]["extra.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "extra.pt")
+    with pytest.raises(WeightsError, match=r"extra\.pt: not a StyleGAN2 generator checkpoint \(unexpected 1 keys"):
+        load_generator(tmp_path / "extra.pt")
+    del ckpt["g_ema"]["extra.weight"]
+    ckpt["g_ema"]["conv1.activate.bias"] = torch.zeros(7)
+    torch.save(ckpt, tmp_path / "shape.pt")
+    with pytest.raises(WeightsError, match=r"conv1\.activate\.bias has shape \[7\]"):
+        load_generator(tmp_path / "shape.pt")
+    torch.save({"something": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match="not a StyleGAN2 checkpoint"):
+        load_generator(tmp_path / "other.pt")
+
+
+def test_truncated_file(tmp_path):
+    path = write_generator_checkpoint(tmp_path / "g.pt")
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.pt") as err:
+        load_generator(tmp_path / "cut.pt")
+    assert "\n" not in str(err.value)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"g_ema": _Evil()}, f)
+    with pytest.raises(WeightsError, match="refusing to load"):
+        load_generator(path)
+
+
+def test_e4e_file_gives_encoder_decoder_and_latent_avg(e4e64_file):
+    loaded = load_encoder(e4e64_file)
+    assert loaded.kind == "e4e" and loaded.generator.size == 64
+    assert loaded.latent_avg.shape == (10, 512) and loaded.encoder.n_styles == 10
+    # the generator inside an e4e file equals a g_ema file's generator
+    d = golden("g64_synthesis.npz")
+    with torch.no_grad():
+        close(loaded.generator.synthesis(torch.from_numpy(d["wplus"])), d["img"])
+    assert not any(p.requires_grad for p in loaded.encoder.parameters())
+    assert not loaded.encoder.training
+
+
+def test_restyle_file_is_recognised(tmp_path):
+    loaded = load_encoder(write_e4e_checkpoint(tmp_path / "r.pt", restyle=True))
+    assert loaded.kind == "restyle"
+
+
+def test_latent_avg_variants(tmp_path, e4e64_file):
+    ckpt = torch.load(e4e64_file, weights_only=True)
+    ckpt["latent_avg"] = ckpt["latent_avg"][0]  # [512], as some tools store it
+    torch.save(ckpt, tmp_path / "avg512.pt")
+    loaded = load_encoder(tmp_path / "avg512.pt")
+    assert loaded.latent_avg.shape == (10, 512) and torch.equal(loaded.latent_avg[3], ckpt["latent_avg"])
+    del ckpt["latent_avg"]
+    torch.save(ckpt, tmp_path / "noavg.pt")
+    with pytest.raises(WeightsError, match="no latent_avg"):
+        load_encoder(tmp_path / "noavg.pt")
+
+
+@pytest.mark.slow
+def test_real_size_e4e_file_round_trip(tmp_path):
+    """The 1.2 GB official-layout e4e file (recipe weights) loads strictly and reproduces the e4e goldens."""
+    from facefix.models.encoders import face_pool
+
+    path = write_e4e_checkpoint(tmp_path / "e4e_ffhq_encode.pt", size=1024)
+    assert path.stat().st_size > 1.1e9
+    loaded = load_encoder(path)
+    d = golden("e4e_inversion.npz")
+    with torch.no_grad():
+        codes = loaded.encoder(torch.from_numpy(d["x"]))
+        close(codes, d["codes"])
+        w = codes + loaded.latent_avg[None]
+        close(w, d["wplus"])
+        close(face_pool(loaded.generator.synthesis(w)), np.asarray(d["recon256"]))
