@@ -147,7 +147,8 @@ class FacefixPipeline:
         enc_path = weights.resolve(enc_name, override=encoder, offline=offline)
         loaded = checkpoints.load_encoder(enc_path)
         if loaded.kind != encoder_type:
-            raise UsageError(f"{enc_path}: this file holds a {loaded.kind} encoder, but --encoder-type is {encoder_type}")
+            raise UsageError(f"{enc_path}: this file holds a {loaded.kind} encoder, "
+                             f"but --encoder-type is {encoder_type}")
         gen = loaded.generator
         if generator is not None:
             gen_path = weights.resolve("stylegan2", override=generator, offline=offline)
