@@ -34,7 +34,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=256, help="checkpoint size in MB (e4e is ~1150)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--real-size", action="store_true",
+                        help="instead: process start -> pipeline ready, with a real-size (1.2 GB) recipe e4e file, "
+                             "from the pickle and from the safetensors copy")
     args = parser.parse_args()
+    if args.real_size:
+        real_size_cold_start()
+        return
 
     with tempfile.TemporaryDirectory(prefix="facefix-bench-") as tmp:
         os.environ["HF_HOME"] = str(Path(tmp) / "hf")
@@ -80,6 +86,35 @@ def main() -> None:
         print(f"checkpoint: {size_mb:.0f} MB, {n_tensors + 1} tensors, best of {args.repeat}")
         for label, seconds in rows:
             print(f"  {label:<38} {seconds * 1000:9.1f} ms")
+
+
+_READY = """
+import time, sys
+t0 = float(sys.argv[2])
+from facefix import checkpoints
+from facefix.pipeline import FacefixPipeline
+loaded = checkpoints.load_encoder(sys.argv[1], cache=sys.argv[3] == "1")
+FacefixPipeline(loaded.generator, loaded.encoder, loaded.latent_avg)
+print(time.time() - t0)
+"""
+
+
+def real_size_cold_start() -> None:
+    """Wall time from ``python`` start to a ready FacefixPipeline (e4e + its decoder), each run in a new process."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.conftest import write_e4e_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="facefix-bench-") as tmp:
+        ckpt = write_e4e_checkpoint(Path(tmp) / "e4e_ffhq_encode.pt", size=1024)
+        print(f"checkpoint: {ckpt.stat().st_size / 1e9:.2f} GB (e4e layout, recipe weights)")
+        for label, cache in (("pickle (torch.load weights_only)", "0"), ("first run, writes safetensors copy", "1"),
+                             ("safetensors copy (memory-mapped)", "1"), ("safetensors copy, again", "1")):
+            out = subprocess.run([sys.executable, "-c", _READY, str(ckpt), repr(time.time()), cache],
+                                 capture_output=True, text=True, check=True)
+            print(f"  {label:<38} {float(out.stdout.strip()):6.2f} s")
 
 
 if __name__ == "__main__":

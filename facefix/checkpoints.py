@@ -25,8 +25,9 @@ from torch import Tensor
 
 from facefix.errors import WeightsError
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
-from facefix.models.stylegan2 import Generator
-from facefix.weights import safe_torch_load
+from facefix.models.ops import make_kernel
+from facefix.models.stylegan2 import BLUR_KERNEL, Generator
+from facefix.weights import load_safetensors_cache, safe_torch_load, to_safetensors_cache
 
 _NOISE = re.compile(r"^noises\.noise_\d+$")
 
@@ -69,7 +70,8 @@ def _strict_load(module: torch.nn.Module, state: Mapping[str, Tensor], where: st
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise WeightsError(f"{where}: {k} has shape {list(state[k].shape)}, a {what} needs {list(v.shape)}")
-    module.load_state_dict(state, strict=True)
+    # assign=True: the module was built on the meta device, the checkpoint's tensors become its storage.
+    module.load_state_dict(state, strict=True, assign=True)
 
 
 def infer_generator_config(g_state: Mapping[str, Tensor], where: str = "checkpoint") -> dict[str, int]:
@@ -88,20 +90,42 @@ def infer_generator_config(g_state: Mapping[str, Tensor], where: str = "checkpoi
 
 def generator_from_state(g_state: Mapping[str, Tensor], where: str = "checkpoint") -> Generator:
     """A strict-loaded :class:`Generator` from a rosinality ``g_ema`` state dict (no prefix)."""
-    g = Generator(**infer_generator_config(g_state, where))
+    # Built on the meta device: no time spent drawing random init values that the checkpoint replaces.
+    with torch.device("meta"):
+        g = Generator(**infer_generator_config(g_state, where))
     state = dict(g_state)
     own = g.state_dict()
-    for k, v in own.items():
+    for k in own:
         if k.endswith(".kernel") and k not in state:
-            state[k] = v  # constants: rebuilt (copies of the FFHQ file without them exist)
+            # constants, rebuilt (copies of the FFHQ file without them exist); x4 = up-sampling gain
+            state[k] = make_kernel(BLUR_KERNEL) * 4
     has_noise = any(_NOISE.match(k) for k in state)
     if not has_noise:
         for k, v in own.items():
             if _NOISE.match(k):
-                state[k] = torch.full_like(v, float("nan"))  # never usable as data; synthesis refuses fixed noise
+                state[k] = torch.full(v.shape, float("nan"))  # never usable as data; synthesis refuses fixed noise
     _strict_load(g, state, where, "StyleGAN2 generator")
     g.has_fixed_noise = has_noise
     return g.eval().requires_grad_(False)
+
+
+def _read(path: str | Path, map_location: str | torch.device, cache: bool) -> object:
+    """The checkpoint's contents; with ``cache``, from (or into) a memory-mapped safetensors copy of its tensors.
+
+    The copy is keyed on the source file's sha256 (``facefix.weights``), so a replaced file is never served stale.
+    Only tensors are kept, which is all the loaders below read (``opts`` is informational).
+    """
+    if cache:
+        cached = load_safetensors_cache(path, device=str(map_location))
+        if cached is not None:
+            return cached
+    ckpt = safe_torch_load(path, map_location=map_location)
+    if cache and isinstance(ckpt, Mapping):
+        try:
+            to_safetensors_cache(path, ckpt)
+        except (WeightsError, OSError):
+            pass  # a cache is an optimisation: a read-only disk must not stop the run
+    return ckpt
 
 
 def _as_state(obj: object, where: str) -> Mapping[str, Tensor]:
@@ -110,11 +134,12 @@ def _as_state(obj: object, where: str) -> Mapping[str, Tensor]:
     return obj
 
 
-def load_generator(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedGenerator:
+def load_generator(path: str | Path, map_location: str | torch.device = "cpu", cache: bool = False) -> LoadedGenerator:
     """Load ``stylegan2-ffhq-config-f.pt`` (``{'g_ema', 'latent_avg'}``; ``g``/``d`` ignored) or any e4e/ReStyle file
-    (its ``decoder.*`` weights). Returns the generator (eval mode, no grad) and ``latent_avg`` [512] if present."""
+    (its ``decoder.*`` weights). Returns the generator (eval mode, no grad) and ``latent_avg`` [512] if present.
+    ``cache``: keep a safetensors copy of the pickle and memory-map it on later loads (for downloaded files)."""
     where = str(path)
-    ckpt = safe_torch_load(path, map_location=map_location)
+    ckpt = _read(path, map_location, cache)
     if not isinstance(ckpt, Mapping):
         raise WeightsError(f"{where}: expected a dict checkpoint, found {type(ckpt).__name__}")
     if "g_ema" in ckpt:
@@ -154,24 +179,25 @@ def encoder_from_state(enc_state: Mapping[str, Tensor], n_styles: int, where: st
     first = enc_state.get("input_layer.0.weight")
     if first is None:
         raise WeightsError(f"{where}: no encoder.input_layer.0.weight: not an e4e/ReStyle checkpoint")
-    if first.shape[1] == 6:
-        enc, kind = ReStyleEncoder(n_styles=n_styles), "restyle"
-    else:
-        enc, kind = Encoder4Editing(n_styles=n_styles, fpn_upsample=fpn_upsample), "e4e"
+    with torch.device("meta"):  # see generator_from_state
+        if first.shape[1] == 6:
+            enc, kind = ReStyleEncoder(n_styles=n_styles), "restyle"
+        else:
+            enc, kind = Encoder4Editing(n_styles=n_styles, fpn_upsample=fpn_upsample), "e4e"
     _strict_load(enc, enc_state, where, f"{kind} encoder")
     return enc.eval().requires_grad_(False), kind
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
-                 fpn_upsample: str = "bilinear") -> LoadedEncoder:
+                 fpn_upsample: str = "bilinear", cache: bool = False) -> LoadedEncoder:
     """Load ``e4e_ffhq_encode.pt`` or ``restyle_e4e_ffhq_encode.pt`` (``{'state_dict', 'opts', 'latent_avg', ...}``).
 
     Unknown top-level keys (optimizer, discriminator, global_step) are ignored. The file's decoder is returned too,
     so a user who passes only ``--encoder`` still gets a generator, and a separate ``--generator`` can be checked
-    against it.
+    against it. ``cache``: as in :func:`load_generator`.
     """
     where = str(path)
-    ckpt = safe_torch_load(path, map_location=map_location)
+    ckpt = _read(path, map_location, cache)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         keys = _keys_summary(list(ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise WeightsError(f"{where}: not an e4e/ReStyle checkpoint (expected 'state_dict', found {keys})")

@@ -145,7 +145,8 @@ class FacefixPipeline:
         dev = resolve_device(device)
         enc_name = "e4e" if encoder_type == "e4e" else "restyle_e4e"
         enc_path = weights.resolve(enc_name, override=encoder, offline=offline)
-        loaded = checkpoints.load_encoder(enc_path)
+        # Files from the manifest (downloaded pickles) get a safetensors copy: later runs memory-map it.
+        loaded = checkpoints.load_encoder(enc_path, cache=encoder is None)
         if loaded.kind != encoder_type:
             raise UsageError(f"{enc_path}: this file holds a {loaded.kind} encoder, "
                              f"but --encoder-type is {encoder_type}")

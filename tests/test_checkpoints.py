@@ -123,3 +123,18 @@ def test_real_size_e4e_file_round_trip(tmp_path):
         w = codes + loaded.latent_avg[None]
         close(w, d["wplus"])
         close(face_pool(loaded.generator.synthesis(w)), np.asarray(d["recon256"]))
+
+
+def test_safetensors_cache_is_made_once_and_then_used(tmp_path, monkeypatch):
+    import facefix.checkpoints as ck
+
+    path = write_generator_checkpoint(tmp_path / "g.pt")
+    first = load_generator(path, cache=True)
+    copy = tmp_path / "g.pt.safetensors"
+    assert copy.is_file()
+    # Second load must come from the copy: make the pickle path unusable for torch.load.
+    monkeypatch.setattr(ck, "safe_torch_load", lambda *a, **k: pytest.fail("pickle read again"))
+    second = load_generator(path, cache=True)
+    for (k, a), b in zip(first.generator.state_dict().items(), second.generator.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert torch.equal(first.latent_avg, second.latent_avg)

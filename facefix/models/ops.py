@@ -71,7 +71,9 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
 
 def make_kernel(k: list[float] | tuple[float, ...]) -> Tensor:
     """Separable FIR from a 1-D tap list: outer(k, k) normalised to sum 1. float32 [len(k), len(k)]."""
-    t = torch.tensor(k, dtype=torch.float32)
+    # Always on the CPU, even under a ``torch.device("meta")`` context (checkpoint loading builds modules there):
+    # a constant needs real values, and meta arithmetic would pull in torch's slow-importing Python decompositions.
+    t = torch.tensor(k, dtype=torch.float32, device="cpu")
     t = t[None, :] * t[:, None] if t.ndim == 1 else t
     return t / t.sum()
 
