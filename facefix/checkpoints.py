@@ -1,4 +1,4 @@
-"""Build models from the official checkpoint files: rosinality StyleGAN2, e4e, ReStyle-e4e.
+"""Build models from the official checkpoint files: rosinality StyleGAN2, e4e, ReStyle-e4e, SAMM.
 
 Why a module of its own (style.md puts key filters in ``weights.py``): ``weights.py`` is about *files* (manifest,
 download, sha256, caches, safe unpickling); this module is about *contents*: which keys a file has, which
@@ -26,6 +26,7 @@ from torch import Tensor
 from facefix.errors import WeightsError
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
 from facefix.models.ops import make_kernel
+from facefix.models.samm import ENCODER_MODES, SAMM
 from facefix.models.stylegan2 import BLUR_KERNEL, Generator
 from facefix.weights import load_safetensors_cache, safe_torch_load, to_safetensors_cache
 
@@ -208,3 +209,93 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
     encoder, kind = encoder_from_state(enc_state, generator.n_latent, where, fpn_upsample)
     avg = _latent_avg_wplus(ckpt.get("latent_avg"), generator.n_latent, where)
     return LoadedEncoder(encoder, avg, generator, kind)
+
+
+SAMM_FORMAT = "facefix-samm"
+SAMM_FORMAT_VERSION = 1
+
+
+def _samm_config_from_keys(state: Mapping[str, Tensor], where: str) -> dict[str, object]:
+    """channel_multiplier and mod_bias from an official ``params_ema`` (the file records no config)."""
+    first = state.get("feats_conv.0.weight")
+    if first is None:
+        raise WeightsError(f"{where}: no feats_conv.0.weight: not a SAMM checkpoint")
+    # feats_conv.0 projects to the 256 px level, which has 64 * channel_multiplier channels
+    return {"channel_multiplier": max(int(first.shape[0]) // 64, 1),
+            "bias": "modulation.0.alignment.body.body.0.res_layer.1.bias" in state}
+
+
+def load_samm(path: str | Path, generator: Generator | None = None, map_location: str | torch.device = "cpu",
+              cycle_align: int | None = None) -> SAMM:
+    """Load SAMM weights: the official training output or facefix's own format.
+
+    - Official ``net_g_<iter>.pth``: ``{'params', 'params_ema'}`` (``params_ema`` is used, as the official
+      inference does). Its config is the released E4E one (warp_scale 0.08, cycle_align 2, the official encoder
+      mode); the file's swept-in ``generator.*.modulation.*`` keys must equal ``generator``'s weights, because
+      SAMM was trained on that generator's features (a mismatch is a WeightsError, not a silent mix).
+    - facefix (``facefix.train`` / :func:`save_samm`): ``{'format': 'facefix-samm', 'config', 'state_dict'}``,
+      whose config records warp_scale, cycle_align, bias and the encoder mode it was trained with.
+
+    Args:
+        generator: the generator SAMM will run inside (checked against the official file's generator keys).
+        cycle_align: overrides the file's cycle count (the AlignNet is shared across cycles, so 1-3 all work).
+    Returns:
+        SAMM in eval mode, no grad; ``samm.config["encoder_mode"]`` says how the encoder must run.
+    """
+    where = str(path)
+    ckpt = _read(path, map_location, cache=False)
+    if not isinstance(ckpt, Mapping):
+        raise WeightsError(f"{where}: expected a dict checkpoint, found {type(ckpt).__name__}")
+    if ckpt.get("format") == SAMM_FORMAT:
+        if int(ckpt.get("version", 0)) > SAMM_FORMAT_VERSION:
+            raise WeightsError(f"{where}: SAMM file format v{ckpt.get('version')} is newer than this facefix "
+                               f"(v{SAMM_FORMAT_VERSION}); upgrade facefix")
+        config = dict(ckpt.get("config") or {})
+        state = dict(_as_state(ckpt.get("state_dict"), where))
+        if config.get("encoder_mode") not in ENCODER_MODES:
+            raise WeightsError(f"{where}: unknown encoder_mode {config.get('encoder_mode')!r}")
+    elif "params_ema" in ckpt or "params" in ckpt:
+        state = dict(_as_state(ckpt.get("params_ema", ckpt.get("params")), where))
+        config = {"warp_scale": 0.08, "cycle_align": 2, "encoder_mode": "official",
+                  **_samm_config_from_keys(state, where)}
+        swept = {k: state.pop(k) for k in [k for k in state if k.startswith("generator.")]}
+        if generator is not None:
+            own = generator.state_dict()
+            for k, v in swept.items():
+                ref = own.get(k[len("generator."):])
+                if ref is None or ref.shape != v.shape or not torch.equal(ref.to(v.device, v.dtype), v):
+                    raise WeightsError(f"{where}: trained on a different StyleGAN2 generator ({k} differs from "
+                                       "the loaded generator's); use the generator it was trained with")
+        # the official loader drops a stale 2-D delta_latent; it is an editing buffer, not a weight
+        state = {k: v for k, v in state.items() if k != "delta_latent"}
+    else:
+        raise WeightsError(f"{where}: not a SAMM checkpoint (top-level keys: {_keys_summary(list(ckpt))})")
+    if cycle_align is not None:
+        config["cycle_align"] = cycle_align
+    try:
+        with torch.device("meta"):
+            samm = SAMM(**config)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{where}: bad SAMM config ({err})") from err
+    if generator is not None and samm.config["channel_multiplier"] != generator.channel_multiplier:
+        raise WeightsError(f"{where}: SAMM for channel_multiplier {samm.config['channel_multiplier']}, the generator "
+                           f"has {generator.channel_multiplier}")
+    _strict_load(samm, state, where, "SAMM")
+    return samm.eval().requires_grad_(False)
+
+
+def save_samm(path: str | Path, samm: SAMM, extra: Mapping[str, object] | None = None) -> None:
+    """Write SAMM in facefix's format (config + state dict, float32, CPU), atomically.
+
+    ``extra``: JSON-like metadata kept alongside (training step, data, losses), ignored by :func:`load_samm`.
+    """
+    import io
+
+    from facefix.image_io import atomic_write_bytes
+
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in samm.state_dict().items()}
+    payload = {"format": SAMM_FORMAT, "version": SAMM_FORMAT_VERSION, "config": dict(samm.config),
+               "state_dict": state, "meta": dict(extra or {})}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())

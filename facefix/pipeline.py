@@ -1,17 +1,22 @@
-"""FacefixPipeline: encoder -> W+ -> generator, as named stages callable one by one.
+"""FacefixPipeline: encoder -> W+ -> generator (with SAMM) -> mask and blend, as named stages callable one by one.
 
 As in diffusers, the constructor takes ready models and resolves nothing; :meth:`FacefixPipeline.from_pretrained`
-finds the files (paths, manifest, Hugging Face cache) and loads them. ``__call__`` runs the stages in order, and
-each intermediate (``w_plus``) can be passed in to skip the stage that would produce it.
+finds the files (paths, manifest, Hugging Face cache) and loads them. ``__call__`` runs the stages in order; each
+stage can also be called alone, so an edit of k attributes costs one :meth:`encode` and k :meth:`render` calls.
 
-Data flow (N faces, L = 18 W+ rows, D = 512):
-    crop uint8 [1024,1024,3] --encoder_input--> x256 [N,3,256,256] in [-1,1]
-    --encode--> Inversion(w_plus [N,L,D], features of the last encoder call)
-    --synthesize--> image [N,3,R,R], R = out_res (1024 by default), roughly in [-1,1]
+Data flow (N faces, L = 18 W+ rows, D = 512, S = 1024 aligned crops, R = output size):
+    crops uint8 [N][S,S,3] --prepare--> x [N,3,S,S] in [-1,1] and x256 [N,3,256,256] (the encoder's resize)
+    --encode--> Inversion(w_plus [N,L,D], encoder taps of the last encoder call)
+    --render(w_plus + edits)--> generator (SAMM hooks at 32..256 px) -> G [N,3,R,R]
+                               -> mask A [N,1,R,R] (SAMM, error, face or none) -> A * x + (1 - A) * G
+
+Masks: alpha = 1 means out-of-domain, taken from the input (spec convention). ``mask="auto"`` is SAMM when the
+pipeline has SAMM weights, else the landmark face mask when landmarks are given, else the error mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facefix.errors import UsageError
+from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
+from facefix.models.samm import ENCODER_MODES, SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
 
 ENCODER_RES = 256
 ENCODER_TYPES = ("e4e", "restyle")
+MASK_MODES = ("auto", "samm", "error", "face", "none")
+MASK_FROM = ("edited", "original")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -47,20 +56,42 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def encoder_input(crops: list[np.ndarray] | np.ndarray) -> Tensor:
-    """Aligned 1024 crops -> encoder input, resized with PIL's bilinear filter as e4e's training data was.
+def _as_list(crops: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+    if isinstance(crops, np.ndarray) and crops.ndim == 3:
+        return [crops]
+    return list(crops)
+
+
+def faces_to_tensor(crops: Sequence[np.ndarray] | np.ndarray) -> Tensor:
+    """uint8 RGB crops [S,S,3] (one or a list) -> float32 [N,3,S,S] in [-1,1].
+
+    Computed as the official SAMM script does (``u8 / 255`` in float64, cast to float32, then ``(v - 0.5) * 2``),
+    so the blended input pixels are bit-identical to the reference's.
+    """
+    arr = np.stack([np.ascontiguousarray(c) for c in _as_list(crops)])
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise UsageError(f"expected uint8 RGB crops [S,S,3], got {arr.dtype} {list(arr.shape[1:])}")
+    x = torch.from_numpy((arr.astype(np.float64) / 255).astype(np.float32)).permute(0, 3, 1, 2)
+    return (x - 0.5) * 2
+
+
+def encoder_input(crops: Sequence[np.ndarray] | np.ndarray, resize: str = "pil") -> Tensor:
+    """Aligned crops -> encoder input [N,3,256,256] in [-1,1].
 
     Args:
         crops: uint8 [H,W,3] RGB (one) or a list of them, typically 1024x1024 FFHQ crops.
-    Returns:
-        float32 [N,3,256,256] in [-1,1] (``ToTensor`` + ``Normalize(0.5, 0.5)``).
+        resize: ``pil`` (PIL bilinear on the uint8 image, as e4e's training data was made) or ``bilinear``
+            (``F.interpolate`` without antialias on the [-1,1] tensor, as the official SAMM code feeds its encoder).
     """
     from PIL import Image
 
-    if isinstance(crops, np.ndarray) and crops.ndim == 3:
-        crops = [crops]
+    if resize == "bilinear":
+        x = faces_to_tensor(crops)
+        return F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
+    if resize != "pil":
+        raise ValueError(f"resize must be pil or bilinear, got {resize!r}")
     out = []
-    for crop in crops:
+    for crop in _as_list(crops):
         small = Image.fromarray(np.ascontiguousarray(crop)).resize((ENCODER_RES, ENCODER_RES), Image.BILINEAR)
         out.append(torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1))
     return torch.stack(out) / 127.5 - 1.0
@@ -80,24 +111,39 @@ class Inversion:
 
 @dataclass
 class PipelineOutput:
-    """image: [N,3,R,R] float32 roughly in [-1,1] (not clamped); w_plus: [N,L,D] the code that made it."""
+    """One rendering.
+
+    image: [N,3,R,R] float32 roughly in [-1,1] (not clamped): the blend when a mask is used, else ``generated``.
+    w_plus: [N,L,D] the code that made it.
+    generated: [N,3,R,R] the generator output (with SAMM's aligned features when SAMM ran).
+    mask: [N,1,R,R] in [0,1] (1 = input pixel) or None for ``mask="none"``.
+    mask_mode: which mask was used (``samm``, ``error``, ``face`` or ``none``).
+    aligns: SAMM align tensors, resolution -> [N,3,r,r] (dx, dy, alpha); empty without SAMM.
+    """
 
     image: Tensor
     w_plus: Tensor
+    generated: Tensor | None = None
+    mask: Tensor | None = None
+    mask_mode: str = "none"
+    aligns: dict[int, Tensor] = field(default_factory=dict)
 
 
 class FacefixPipeline:
-    """Encoder + generator with their ``latent_avg``, on one device.
+    """Encoder + generator (+ SAMM) with their ``latent_avg``, on one device.
 
     Args:
         generator: StyleGAN2 generator (eval mode).
         encoder: ``Encoder4Editing`` (e4e) or ``ReStyleEncoder``.
-        latent_avg: [L,D] W+ mean added to the encoder's codes (the encoder checkpoint's ``latent_avg``).
+        latent_avg: [L,D] W+ mean added to the encoder's codes.
         restyle_iters: ReStyle refinement steps (5 as in the paper); ignored for e4e.
+        samm: SAMM weights, or None. SAMM was trained with one encoder set-up (``samm.encoder_mode``); the
+            pipeline switches the e4e FPN resize and the encoder-input resize to it, because the official weights
+            see different codes and features otherwise (W+ rows 3-17 change).
     """
 
     def __init__(self, generator: Generator, encoder: Encoder4Editing | ReStyleEncoder, latent_avg: Tensor,
-                 restyle_iters: int = 5):
+                 restyle_iters: int = 5, samm: SAMM | None = None):
         if latent_avg.shape != (generator.n_latent, generator.style_dim):
             raise UsageError(f"latent_avg has shape {list(latent_avg.shape)}, the generator needs "
                              f"[{generator.n_latent}, {generator.style_dim}]")
@@ -107,6 +153,13 @@ class FacefixPipeline:
         self.encoder = encoder.eval()
         self.latent_avg = latent_avg
         self.restyle_iters = restyle_iters
+        self.samm = None if samm is None else samm.eval()
+        self.input_resize = "pil"
+        if samm is not None:
+            mode = ENCODER_MODES[samm.encoder_mode]
+            self.input_resize = mode["input_resize"]
+            if isinstance(encoder, Encoder4Editing):
+                encoder.fpn_upsample = mode["fpn_upsample"]
         self._avg_image: Tensor | None = None
 
     @property
@@ -120,6 +173,8 @@ class FacefixPipeline:
     def to(self, device: torch.device | str) -> FacefixPipeline:
         self.generator.to(device)
         self.encoder.to(device)
+        if self.samm is not None:
+            self.samm.to(device)
         self.latent_avg = self.latent_avg.to(device)
         self._avg_image = None
         return self
@@ -127,7 +182,8 @@ class FacefixPipeline:
     @classmethod
     def from_pretrained(cls, generator: str | Path | None = None, encoder: str | Path | None = None,
                         encoder_type: str = "e4e", restyle_iters: int = 5, device: str = "auto",
-                        offline: bool | None = None) -> FacefixPipeline:
+                        offline: bool | None = None, samm: str | Path | None = None,
+                        cycle_align: int | None = None) -> FacefixPipeline:
         """Load the models from paths, or from the manifest's files (downloaded to the Hugging Face cache).
 
         Args:
@@ -137,6 +193,8 @@ class FacefixPipeline:
             encoder_type: ``e4e`` or ``restyle``; must match the file when a path is given.
             device: see :func:`resolve_device`.
             offline: never touch the network (default: ``HF_HUB_OFFLINE``).
+            samm: SAMM weights (official ``net_g_*.pth`` or facefix's format); None: no SAMM.
+            cycle_align: SAMM alignment cycles (default: the file's).
         """
         from facefix import checkpoints, weights
 
@@ -150,16 +208,34 @@ class FacefixPipeline:
         if loaded.kind != encoder_type:
             raise UsageError(f"{enc_path}: this file holds a {loaded.kind} encoder, "
                              f"but --encoder-type is {encoder_type}")
-        gen = loaded.generator
+        gen, gen_avg = loaded.generator, None
         if generator is not None:
             gen_path = weights.resolve("stylegan2", override=generator, offline=offline)
-            gen = checkpoints.load_generator(gen_path).generator
+            lg = checkpoints.load_generator(gen_path)
+            gen, gen_avg = lg.generator, lg.latent_avg
             if gen.n_latent != loaded.generator.n_latent:
                 raise UsageError(f"{generator}: a {gen.size}px generator does not fit the encoder's "
                                  f"{loaded.generator.size}px codes")
-        return cls(gen, loaded.encoder, loaded.latent_avg, restyle_iters).to(dev)
+        latent_avg, samm_model = loaded.latent_avg, None
+        if samm is not None:
+            samm_model = checkpoints.load_samm(weights.resolve("samm", override=samm, offline=offline), gen,
+                                               cycle_align=cycle_align)
+            if samm_model.encoder_mode == "official" and encoder_type == "e4e" and gen_avg is not None:
+                # The official SAMM code adds the generator file's [512] latent_avg to the e4e codes (spec §6.2).
+                # For the published files it equals e4e's; when a --generator is given, follow the official code.
+                latent_avg = gen_avg.reshape(1, -1).expand(gen.n_latent, -1).clone()
+        return cls(gen, loaded.encoder, latent_avg, restyle_iters, samm_model).to(dev)
 
     # -- stages -----------------------------------------------------------------------------------------------
+    def prepare(self, crops: Sequence[np.ndarray] | np.ndarray) -> tuple[Tensor, Tensor]:
+        """uint8 crops -> (x [N,3,S,S] in [-1,1] for blending, x256 [N,3,256,256] for the encoder), on device."""
+        x = faces_to_tensor(crops)
+        if self.input_resize == "bilinear":
+            x256 = F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
+        else:
+            x256 = encoder_input(crops, "pil")
+        return x.to(self.device), x256.to(self.device)
+
     def average_image(self) -> Tensor:
         """ReStyle's iteration-0 feedback: face_pool(G(latent_avg)) with fixed noise, [1,3,256,256]; cached."""
         if self._avg_image is None:
@@ -167,16 +243,18 @@ class FacefixPipeline:
         return self._avg_image
 
     @torch.no_grad()
-    def encode(self, x: Tensor, return_features: bool = False) -> Inversion:
+    def encode(self, x: Tensor, return_features: bool | None = None) -> Inversion:
         """Faces -> W+.
 
         Args:
-            x: [N,3,256,256] in [-1,1] (see :func:`encoder_input`); a larger aligned batch [N,3,S,S] is resized
+            x: [N,3,256,256] in [-1,1] (see :meth:`prepare`); a larger aligned batch [N,3,S,S] is resized
                with antialiased bilinear, which is close to, but not bit-equal with, PIL's.
-            return_features: also keep the encoder taps of the last encoder call (for SAMM).
+            return_features: keep the encoder taps of the last encoder call (default: when SAMM is loaded).
         Returns:
             :class:`Inversion` with ``w_plus`` [N,L,D] (``latent_avg`` included).
         """
+        if return_features is None:
+            return_features = self.samm is not None
         x = x.to(self.device, torch.float32)
         if x.shape[-1] != ENCODER_RES:
             x = F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", antialias=True, align_corners=False)
@@ -192,19 +270,88 @@ class FacefixPipeline:
     @torch.no_grad()
     def synthesize(self, w_plus: Tensor, generator: torch.Generator | None = None,
                    out_res: int | None = None) -> Tensor:
-        """W+ [N,L,D] -> image [N,3,R,R]; fixed noise unless ``generator`` (a seeded RNG) is given."""
+        """W+ [N,L,D] -> image [N,3,R,R] without SAMM; fixed noise unless ``generator`` (a seeded RNG) is given."""
         return self.generator.synthesis(w_plus.to(self.device), generator=generator, out_res=out_res)
 
-    @torch.no_grad()
-    def __call__(self, x: Tensor | None = None, w_plus: Tensor | None = None,
-                 generator: torch.Generator | None = None, out_res: int | None = None) -> PipelineOutput:
-        """Invert and re-synthesise.
+    def resolve_mask(self, mask: str, have_landmarks: bool) -> str:
+        """``auto`` -> ``samm`` with SAMM weights, else ``face`` with landmarks, else ``error``; checks the others."""
+        if mask not in MASK_MODES:
+            raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MASK_MODES)}")
+        if mask == "auto":
+            return "samm" if self.samm is not None else "face" if have_landmarks else "error"
+        if mask == "samm" and self.samm is None:
+            raise UsageError("--mask samm needs SAMM weights (--samm FILE); none are published yet: "
+                             "use --mask error or --mask face")
+        if mask == "face" and not have_landmarks:
+            raise UsageError("--mask face needs the face's landmarks")
+        return mask
 
-        1. Encode ``x`` ([N,3,256,256] in [-1,1]) unless ``w_plus`` is given.
-        2. Synthesise the image from W+.
+    @torch.no_grad()
+    def render(self, x: Tensor, inversion: Inversion, w_plus: Tensor | None = None, mask: str = "auto",
+               reference: PipelineOutput | None = None, landmarks: np.ndarray | None = None,
+               generator: torch.Generator | None = None, out_res: int | None = None,
+               cycle_align: int | None = None) -> PipelineOutput:
+        """Generate from a (possibly edited) code and blend the out-of-domain regions of the input back.
+
+        Args:
+            x: input faces [N,3,S,S] in [-1,1] (resized to R if needed).
+            inversion: the unedited :meth:`encode` result (its taps drive SAMM).
+            w_plus: the code to render [N,L,D] (default: ``inversion.w_plus``); edits are applied by the caller.
+            mask: see :meth:`resolve_mask`.
+            reference: the unedited rendering, to reuse its mask (``--mask-from original``): SAMM replays its
+                flows and masks (no AlignNet pass), the error mask is taken as is. Ignored for ``face``/``none``.
+            landmarks: [N,68,2] px in the S x S crops, for ``mask="face"``.
+            generator: seeded RNG for random noise (``--seed``); default: the checkpoint's fixed noise.
+            out_res: output size R (default the generator's).
+            cycle_align: SAMM cycles for this call (default: SAMM's config).
         """
-        if w_plus is None:
-            if x is None:
-                raise UsageError("pass an image batch x or a W+ code w_plus")
-            w_plus = self.encode(x).w_plus
-        return PipelineOutput(self.synthesize(w_plus, generator=generator, out_res=out_res), w_plus)
+        w = (inversion.w_plus if w_plus is None else w_plus).to(self.device)
+        mode = self.resolve_mask(mask, landmarks is not None)
+        size = out_res or self.generator.size
+        noise = self.generator.random_noise(w.shape[0], generator) if generator is not None else None
+        aligns: dict[int, Tensor] = {}
+        alpha: Tensor | None = None
+        if mode == "samm":
+            assert self.samm is not None
+            if reference is not None and reference.aligns:
+                aligns = reference.aligns
+                hook = SAMM.replay_hook(aligns)
+            else:
+                trace = SAMMTrace()
+                hook = self.samm.feature_hook(self.samm.project(inversion.features), trace, cycle_align)
+                aligns = trace.aligns
+            gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
+            alpha = reference.mask if reference is not None and reference.mask is not None else \
+                compose_mask(aligns, size)
+        else:
+            gen = self.generator.synthesis(w, noise=noise, out_res=out_res)
+        x = x.to(self.device, gen.dtype)
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if mode == "error":
+            if reference is not None and reference.mask is not None:
+                alpha = reference.mask
+            else:
+                unedited = gen if w_plus is None else self.generator.synthesis(
+                    inversion.w_plus.to(self.device), noise=noise, out_res=out_res)
+                alpha = error_mask(x, unedited)
+        elif mode == "face":
+            assert landmarks is not None
+            lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 68, 2) * (size / x.shape[-1])
+            alpha = face_mask(lms, size).to(self.device)
+        image = gen if alpha is None else blend(x, gen, alpha)
+        return PipelineOutput(image, w, gen, alpha, mode, aligns)
+
+    @torch.no_grad()
+    def __call__(self, crops: Sequence[np.ndarray] | np.ndarray, w_plus: Tensor | None = None,
+                 mask: str = "auto", landmarks: np.ndarray | None = None,
+                 generator: torch.Generator | None = None, out_res: int | None = None) -> PipelineOutput:
+        """Invert aligned crops (uint8 [S,S,3], one or a list) and re-synthesise them with the chosen mask.
+
+        ``w_plus`` [N,L,D] renders that code instead of the inversion's (e.g. an edited one); the input is still
+        encoded, because SAMM needs its features and the masks need the unedited reconstruction.
+        """
+        x, x256 = self.prepare(crops)
+        inversion = self.encode(x256)
+        return self.render(x, inversion, w_plus=w_plus, mask=mask, landmarks=landmarks, generator=generator,
+                           out_res=out_res)

@@ -12,6 +12,7 @@ Because the rules only look at key names and shapes, they work at any generator 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
@@ -25,6 +26,7 @@ RESTYLE_ENCODER_SEED_BASE = 6000
 G_LATENT_AVG_SEED = 900      # [512] latent_avg of a generator checkpoint
 E4E_LATENT_AVG_SEED = 901    # [18,512] latent_avg of an e4e checkpoint
 RESTYLE_LATENT_AVG_SEED = 902
+SAMM_SEED_BASE = 7000
 
 _BLUR = (1.0, 3.0, 3.0, 1.0)
 
@@ -87,16 +89,54 @@ def encoder_rule(key: str, shape: Sequence[int]) -> tuple[str, float, float]:
     raise KeyError(f"no encoder recipe rule for {key!r}")
 
 
-def make_tensor(index: int, seed_base: int, kind: str, scale: float, offset: float,
+def _f32(x: float) -> float:
+    """The float32 value of ``x`` as a Python float (the recipe JSON's scales are float32 numbers)."""
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+# The AlignNet head's two InstanceNorm affines set the raw (dx, dy, alpha) statistics directly, so their offsets are
+# per channel: flows near tanh's linear range, the mask logit spread wide (golden/samm README (b)).
+_SAMM_HEAD_GAMMA = (0.25, 0.25, 1.75)
+_SAMM_HEAD_BETA = (0.0, 0.0, 0.25)
+
+
+def samm_rule(key: str, shape: Sequence[int]) -> tuple[str, float, float | tuple[float, ...]]:
+    """(kind, scale, offset) for a SAMM ``params_ema`` key (``feats_conv.*``, ``modulation.*``)."""
+    if key.endswith(".blur.kernel"):
+        return "blur1", 0.0, 0.0
+    if fnmatchcase(key, "modulation.*.noiseInj.weight"):
+        return "affine", 0.125, 0.0
+    if re.fullmatch(r"modulation\.\d+\.weight", key):
+        return "affine", 0.125, 1.0
+    if fnmatchcase(key, "feats_conv.*.bias"):
+        return "affine", 0.125, 0.0
+    if key.endswith(".weight") and len(shape) == 4:
+        return "affine", _f32(1 / math.sqrt(shape[1] * shape[2] * shape[3])), 0.0
+    if fnmatchcase(key, "*body.1.res_layer.4.*") or fnmatchcase(key, "*body.1.shortcut_layer.1.*"):
+        return "affine", 0.0625, _SAMM_HEAD_GAMMA if key.endswith(".weight") else _SAMM_HEAD_BETA
+    if fnmatchcase(key, "*res_layer.2.weight"):
+        return "affine", 0.0625, 0.25
+    if key.endswith(".weight") and len(shape) == 1:
+        return "affine", 0.125, 1.0
+    if key.endswith(".bias") and len(shape) == 1:
+        return "affine", 0.125, 0.0
+    raise KeyError(f"no SAMM recipe rule for {key!r}")
+
+
+def make_tensor(index: int, seed_base: int, kind: str, scale: float, offset: float | tuple[float, ...],
                 shape: Sequence[int]) -> Tensor:
-    """One recipe tensor (float32, or int64 for ``zero_i64``)."""
+    """One recipe tensor (float32, or int64 for ``zero_i64``); a tuple ``offset`` is per entry of dim 0."""
     if kind == "blur4":
         return blur4_kernel().reshape(shape)
+    if kind == "blur1":
+        return blur4_kernel().reshape(shape) / 4
     if kind == "zero_i64":
         return torch.zeros(list(shape), dtype=torch.int64)
     t = _randn(shape, seed_base + index)
     if kind == "absaffine":
         t = t.abs()
+    if isinstance(offset, tuple):
+        return t * scale + torch.tensor(offset, dtype=torch.float32).reshape(-1, *[1] * (t.ndim - 1))
     return t * scale + offset
 
 
@@ -106,12 +146,14 @@ def recipe_state_dict(entries: Iterable[tuple[str, Sequence[int]]], family: str,
 
     Args:
         entries: ``(key, shape)`` in state-dict order (e.g. ``model.state_dict()`` items or a layout JSON).
-        family: ``"generator"`` (rosinality g_ema keys) or ``"encoder"`` (e4e/ReStyle keys, no prefix).
-        seed_base: defaults to 1000 for generators and 5000 (e4e) for encoders; ReStyle uses 6000.
+        family: ``"generator"`` (rosinality g_ema keys), ``"encoder"`` (e4e/ReStyle keys, no prefix) or ``"samm"``
+            (SAMM ``params_ema`` keys without the swept ``generator.*`` ones).
+        seed_base: defaults to 1000 for generators, 5000 (e4e) for encoders and 7000 for SAMM; ReStyle uses 6000.
     """
-    rule = {"generator": generator_rule, "encoder": encoder_rule}[family]
+    rule = {"generator": generator_rule, "encoder": encoder_rule, "samm": samm_rule}[family]
     if seed_base is None:
-        seed_base = GENERATOR_SEED_BASE if family == "generator" else E4E_ENCODER_SEED_BASE
+        seed_base = {"generator": GENERATOR_SEED_BASE, "encoder": E4E_ENCODER_SEED_BASE,
+                     "samm": SAMM_SEED_BASE}[family]
     out: OrderedDict[str, Tensor] = OrderedDict()
     for i, (key, shape) in enumerate(entries):
         kind, scale, offset = rule(key, tuple(shape))

@@ -1,0 +1,171 @@
+"""SAMM: the official checkpoint layout, and the official forward pass's numbers (shared/golden/samm)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facefix.models.encoders import Encoder4Editing
+from facefix.models.recipe import fill_module, latent_avg
+from facefix.models.samm import RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
+from facefix.pipeline import FacefixPipeline
+from tests.conftest import GOLDEN, golden
+
+SAMM_DIR = GOLDEN / "samm"
+# golden/samm README (h), suggested tolerances
+TOL_ALIGN, TOL_RGB, TOL_FEAT, TOL_F16 = 1e-4, 2e-4, 3e-4, 3e-3
+
+
+def close(a: torch.Tensor, ref: np.ndarray, atol: float, what: str = "") -> None:
+    a = a.detach().cpu().float().numpy()
+    assert a.shape == ref.shape, (what, a.shape, ref.shape)
+    err = np.abs(a - ref.astype(np.float32)).max()
+    assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol}"
+
+
+def chstats(t: torch.Tensor) -> np.ndarray:
+    """[C,5] per channel over H x W: mean, std (N-1), min, max, sum |x| (float64), as the goldens store them."""
+    x = t[0].double().flatten(1)
+    return torch.stack([x.mean(1), x.std(1), x.min(1).values, x.max(1).values, x.abs().sum(1)], 1).numpy()
+
+
+def stats_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert np.abs(ours[..., :4] - ref[..., :4]).max() <= 2e-4, what
+    rel = np.abs(ours[..., 4] - ref[..., 4]) / np.maximum(np.abs(ref[..., 4]), 1e-12)
+    assert rel.max() <= 1e-4, what
+
+
+@pytest.fixture(scope="module")
+def samm():
+    return fill_module(SAMM(), "samm").eval().requires_grad_(False)
+
+
+def test_state_dict_is_the_official_layout_and_recipe_is_bit_exact(samm):
+    layout = json.loads((SAMM_DIR / "layout_samm_e4e.json").read_text())
+    entries = layout["samm_entries"]["entries"]
+    assert [(k, list(v.shape)) for k, v in samm.state_dict().items()] == [(k, s) for k, s, _ in entries]
+    # spec §1: 43,974,148 trainable officially, 4 of which are the unused noiseInj scalars (buffers here)
+    assert sum(p.numel() for p in samm.parameters()) == 43_974_148 - 4
+    recipe = json.loads((SAMM_DIR / "recipe_samm_e4e.json").read_text())
+    sd = samm.state_dict()
+    for row in recipe["rows"]:
+        assert hashlib.sha256(sd[row["key"]].numpy().tobytes()).hexdigest() == row["sha256"], row["key"]
+
+
+@pytest.mark.parametrize("res", RESOLUTIONS)
+@pytest.mark.parametrize("k", [2, 1])
+@torch.no_grad()
+def test_block_matches_official_on_non_square_inputs(samm, res, k):
+    d = golden("samm/samm_block_unit.npz")
+    prev = torch.from_numpy(d[f"P_{res}"]) if f"P_{res}" in d else None
+    y, align = samm.block(res)(torch.from_numpy(d[f"G_{res}"]), torch.from_numpy(d[f"E_{res}"]), prev, cycle_align=k)
+    close(align, d[f"align_{res}_k{k}"], TOL_ALIGN, "align")
+    close(y, d[f"y_{res}_k{k}"], TOL_RGB, "y")
+
+
+@torch.no_grad()
+def test_block32_on_pipeline_tensors(samm):
+    d = golden("samm/samm_block32_io.npz")
+    y, align = samm.block(32)(torch.from_numpy(d["G_32"]), torch.from_numpy(d["E_32"]))
+    close(align, d["align_32"], TOL_ALIGN, "align")
+    close(y, d["y_32"], TOL_FEAT, "y")
+
+
+def test_unused_official_scalars_do_not_change_outputs(samm):
+    d = golden("samm/samm_block_unit.npz")
+    g, e = torch.from_numpy(d["G_32"]), torch.from_numpy(d["E_32"])
+    with torch.no_grad():
+        before = samm.block(32)(g, e)[0]
+        blk = samm.block(32)
+        blk.weight += 0.5
+        blk.noiseInj.weight += 0.5
+        after = samm.block(32)(g, e)[0]
+        blk.weight -= 0.5
+        blk.noiseInj.weight -= 0.5
+    assert torch.equal(before, after)
+
+
+@pytest.fixture(scope="module")
+def pipe(g1024, samm):
+    """The golden set-up: g1024 recipe, e4e recipe (the official SAMM encoder mode), avg = g's [512] latent_avg."""
+    enc = fill_module(Encoder4Editing(), "encoder", 5000).eval().requires_grad_(False)
+    avg = latent_avg([512], 900).expand(18, 512).clone()
+    p = FacefixPipeline(g1024, enc, avg, samm=samm)
+    assert enc.fpn_upsample == "bicubic" and p.input_resize == "bilinear"  # picked up from SAMM's encoder mode
+    return p
+
+
+def _check_views(out, d):
+    for r in RESOLUTIONS:
+        close(out.aligns[r], d[f"align_{r}"], TOL_ALIGN, f"align_{r}")
+    for name, t, tol in (("mask1024", out.mask, TOL_ALIGN), ("gen", out.generated, TOL_RGB),
+                         ("out", out.image, TOL_RGB)):
+        close(t[:, :, ::4, ::4], d[f"{name}_sub4"], tol, f"{name}_sub4")
+        close(t[:, :, 480:544, 480:544], d[f"{name}_center64"], tol, f"{name}_center64")
+        ref = d[f"{name}_stats"]
+        x = t.double()
+        ours = np.array([x.mean().item(), x.std().item(), x.min().item(), x.max().item(), x.abs().sum().item()])
+        assert np.abs(ours[:4] - ref[:4]).max() <= 1e-4 and abs(ours[4] - ref[4]) / abs(ref[4]) <= 1e-4, name
+
+
+@torch.no_grad()
+def test_grace_inversion_features_masks_and_full_images(pipe):
+    """Main case, stage by stage: x256, codes, the G/E/y' of every level, aligns, mask, gen, out (full f16)."""
+    inputs, d = golden("samm/samm_inputs.npz"), golden("samm/samm_grace_inv.npz")
+    x, x256 = pipe.prepare(inputs["grace_u8"])
+    close(x256, d["x256"], 1e-5, "x256")
+    inv = pipe.encode(x256)
+    close(inv.w_plus - pipe.latent_avg, d["codes"], TOL_ALIGN, "codes")
+    close(inv.w_plus, d["wplus"], TOL_ALIGN, "wplus")
+
+    projected = pipe.samm.project(inv.features)
+    trace, seen = SAMMTrace(), {}
+    inner = pipe.samm.feature_hook(projected, trace)
+
+    def spy(res, y):
+        out = inner(res, y)
+        if res in projected:
+            seen[res] = (chstats(y), chstats(out))
+        return out
+
+    gen = pipe.generator.synthesis(inv.w_plus, feature_hook=spy)
+    for r in RESOLUTIONS:
+        stats_close(seen[r][0], d[f"G_{r}_chstats"], f"G_{r}")
+        stats_close(chstats(projected[r]), d[f"E_{r}_chstats"], f"E_{r}")
+        stats_close(seen[r][1], d[f"y_{r}_chstats"], f"y_{r}")
+    mask = compose_mask(trace.aligns)
+    out = blend(x, gen, mask)
+    from facefix.pipeline import PipelineOutput
+
+    _check_views(PipelineOutput(out, inv.w_plus, gen, mask, "samm", trace.aligns), d)
+    full_mg = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")
+    close(mask, full_mg["mask1024_f16"].astype(np.float32), TOL_F16, "full mask")
+    close(gen, full_mg["gen_f16"].astype(np.float32), TOL_F16, "full gen")
+    close(out, golden("samm/samm_grace_inv_full_out_f16.npz")["out_f16"].astype(np.float32), TOL_F16, "full out")
+
+    # --mask-from original: replaying the stored aligns on the same code re-creates the SAMM pass exactly.
+    replay = pipe.render(x, inv, mask="samm", reference=PipelineOutput(out, inv.w_plus, gen, mask, "samm",
+                                                                       trace.aligns))
+    assert torch.equal(replay.generated, gen) and torch.equal(replay.image, out)
+
+
+@pytest.mark.parametrize("case", ["grace_edit", "grace_k1", "smooth_inv"])
+@torch.no_grad()
+def test_pipeline_render_matches_official(pipe, case):
+    """Through FacefixPipeline.render: the smile edit (flow and mask recomputed on the edited pass, as the official
+    code does), one alignment cycle with the same weights, and a second image."""
+    inputs = golden("samm/samm_inputs.npz")
+    image, mode = case.split("_")
+    d = golden(f"samm/samm_{case}.npz")
+    x, x256 = pipe.prepare(inputs[f"{image}_u8"])
+    inv = pipe.encode(x256)
+    w = inv.w_plus
+    if mode == "edit":
+        w = w + float(inputs["edit_intensity"]) * torch.from_numpy(inputs["smile_direction"])[None]
+    close(w, d["wplus"], TOL_ALIGN, "wplus")
+    out = pipe.render(x, inv, w_plus=w, mask="samm", cycle_align=1 if mode == "k1" else None)
+    _check_views(out, d)
