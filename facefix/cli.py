@@ -9,6 +9,7 @@ A :class:`FacefixError` is one line; any other exception is "internal error ... 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -21,11 +22,11 @@ from typing import Annotated, Any
 import typer
 
 from facefix import __version__
+from facefix.batch import InputFile
 from facefix.errors import FacefixError, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 SAVE_CHOICES = ("aligned", "mask", "latent", "grid")
-MASK_CHOICES = ("samm", "error", "face", "none")
 
 app = typer.Typer(
     name="facefix",
@@ -92,7 +93,17 @@ class InputReport:
     outputs: list[str] = field(default_factory=list)
     faces: int = 0
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Accumulate the wall time of a stage (load, detect, encode, render, write) in ``timings``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 def _parse_save(save: str | None) -> set[str]:
@@ -106,52 +117,80 @@ def _parse_save(save: str | None) -> set[str]:
     return items
 
 
-def _collect_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given; folders expanded recursively to image files (by extension for now), sorted."""
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts))
-        else:
-            out.append(p)
-    return out
+def _inputs(items: list[str], shard: str | None) -> list[InputFile]:
+    from facefix.batch import collect_inputs, parse_shard, select_shard
+
+    selected = select_shard(collect_inputs(items), parse_shard(shard))
+    if not selected:
+        raise UsageError("no input images found" + (" in this shard" if shard else ""))
+    return selected
 
 
-def _run_inputs(paths: list[Path], out_dir: Path, work: Callable[[Path, InputReport], None], quiet: bool,
+def _run_inputs(inputs: list[InputFile], out_dir: Path, work: Callable[[InputFile, InputReport], None], quiet: bool,
                 as_json: bool, command: str, options: dict[str, Any]) -> int:
-    """Run ``work`` per input; one bad input never stops the others. Writes facefix-report.json."""
+    """Run ``work`` per input; one bad input never stops the others. Writes facefix-report.json.
+
+    Progress: a rich bar on a terminal, one plain line per input otherwise (logs, CI), nothing with --quiet.
+    """
     from facefix.image_io import atomic_write_bytes
 
     reports: list[InputReport] = []
-    for i, path in enumerate(paths, 1):
-        rep = InputReport(input=str(path))
-        t0 = time.perf_counter()
-        try:
-            work(path, rep)
-        except FacefixError as e:
-            rep.status, rep.error = "failed", str(e)
-        except Exception as e:  # noqa: BLE001 - recorded per input, the run goes on
-            rep.status, rep.error = "failed", f"internal error: {type(e).__name__}: {e}"
-            if options.get("debug"):
-                traceback.print_exc()
-        rep.seconds = round(time.perf_counter() - t0, 3)
-        reports.append(rep)
-        if rep.status == "failed":
-            _err(rep.error or "failed")
-        elif not quiet:
-            typer.echo(f"[{i}/{len(paths)}] {path}: {rep.status} ({rep.seconds:.1f} s)", err=True)
+    live = not quiet and sys.stderr.isatty()
+    progress = None
+    if live:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        progress.start()
+        task = progress.add_task(command, total=len(inputs))
+    try:
+        for i, item in enumerate(inputs, 1):
+            rep = InputReport(input=str(item.path))
+            t0 = time.perf_counter()
+            try:
+                work(item, rep)
+            except FacefixError as e:
+                rep.status, rep.error = "failed", str(e)
+            except MemoryError:
+                rep.status, rep.error = "failed", f"{item.path}: out of memory (try --batch-size 1 or --device cpu)"
+            except Exception as e:  # noqa: BLE001 - recorded per input, the run goes on
+                rep.status, rep.error = "failed", f"{item.path}: internal error: {type(e).__name__}: {e}"
+                if options.get("debug"):
+                    traceback.print_exc()
+            rep.seconds = round(time.perf_counter() - t0, 3)
+            reports.append(rep)
+            if rep.status == "failed":
+                _err(rep.error or "failed")
+            elif progress is not None:
+                stages = " ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items())
+                progress.update(task, description=f"{command} {item.key} ({stages})")
+            elif not quiet:
+                stages = ", ".join(f"{k} {v:.1f} s" for k, v in rep.timings.items())
+                typer.echo(f"[{i}/{len(inputs)}] {item.path}: {rep.status} ({rep.seconds:.1f} s"
+                           f"{': ' + stages if stages else ''})", err=True)
+            if progress is not None:
+                progress.advance(task)
+    finally:
+        if progress is not None:
+            progress.stop()
     failed = [r for r in reports if r.status == "failed"]
     report = {"facefix": __version__, "command": command, "options": options,
               "summary": {"inputs": len(reports), "ok": sum(r.status == "ok" for r in reports),
                           "skipped": sum(r.status == "skipped" for r in reports), "failed": len(failed)},
               "inputs": [asdict(r) for r in reports]}
     text = json.dumps(report, indent=2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / "facefix-report.json", text.encode())
+    try:
+        atomic_write_bytes(out_dir / "facefix-report.json", text.encode())
+    except FacefixError as e:
+        _err(str(e))
+        failed = failed or [InputReport(input="facefix-report.json", status="failed", error=str(e))]
     if as_json:
         typer.echo(text)
+    if not quiet:
+        s = report["summary"]
+        typer.echo(f"facefix: {s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed -> {out_dir}", err=True)
     if failed:
         _err(f"{len(failed)} of {len(reports)} input(s) failed: " +
              "; ".join(str(r.error) for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
@@ -159,120 +198,465 @@ def _run_inputs(paths: list[Path], out_dir: Path, work: Callable[[Path, InputRep
     return EXIT_OK
 
 
-Inputs = Annotated[list[str], typer.Argument(help="Image files or folders (searched recursively).",
-                                             show_default=False)]
-OutDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder; created if missing.")]
+def _make_output_dir(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"-o {output}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(output, os.W_OK):
+        raise UsageError(f"-o {output}: the output folder is not writable")
+
+
+Inputs = Annotated[list[str], typer.Argument(
+    help="Image files, folders (searched recursively; images recognised by content), glob patterns, or - to "
+         "read paths from stdin.", show_default=False)]
+OutDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder; created if missing. Outputs keep "
+                                      "the inputs' folder structure below it.")]
+# -- model options (shared by invert and edit; names fixed by shared/design/cli.md) --------------------------------
+GeneratorOpt = Annotated[Path | None, typer.Option(
+    "--generator", help="StyleGAN2 checkpoint (rosinality .pt). Default: the encoder file's own decoder.")]
+EncoderOpt = Annotated[Path | None, typer.Option(
+    "--encoder", help="e4e or ReStyle-e4e checkpoint (.pt). Default: the manifest's file, downloaded once to the "
+    "Hugging Face cache.")]
+SammOpt = Annotated[Path | None, typer.Option(
+    "--samm", help="SAMM weights: the official net_g_*.pth or a facefix training checkpoint. None are published; "
+    "without them a training-free mask is used.")]
+EncoderTypeOpt = Annotated[str, typer.Option("--encoder-type", help="e4e or restyle.")]
+RestyleItersOpt = Annotated[int, typer.Option("--restyle-iters", help="ReStyle refinement steps.", min=1, max=20)]
+MaskOpt = Annotated[str, typer.Option(
+    "--mask", help="How out-of-domain regions (background, hair, accessories) are found and kept from the input: "
+    "samm (needs --samm), error (smoothed reconstruction error of the unedited inversion), face (everything "
+    "outside a feathered landmark face hull), none (pure GAN output), auto (samm if weights are given, else "
+    "face; error for --aligned inputs).")]
+MaskFromOpt = Annotated[str, typer.Option(
+    "--mask-from", help="edited: SAMM recomputes flow and mask on each edited pass (as the paper); original: "
+    "reuse the unedited inversion's (one SAMM pass per photo, then only the generator per edit).")]
+CycleOpt = Annotated[int | None, typer.Option("--cycle-align", help="SAMM alignment cycles, 1-3 (default: the "
+                                                                     "checkpoint's, 2).", min=1, max=3)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps.")]
+ResolutionOpt = Annotated[int, typer.Option(
+    "--resolution", help="Output size of the aligned result in px: 1024, 512 or 256 (early exit of the generator; "
+    "smaller is faster; SAMM's 256 px level needs >= 256).")]
+SeedOpt = Annotated[int | None, typer.Option(
+    "--seed", help="Random generator noise from this seed instead of the checkpoint's fixed noise "
+    "(default: deterministic).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never touch the network (as HF_HUB_OFFLINE=1).")]
+AlignedOpt = Annotated[bool, typer.Option(
+    "--aligned", help="Inputs are already FFHQ-aligned square crops (resized to 1024 if needed): no detection, "
+    "no paste-back.")]
+FaceOpt = Annotated[str, typer.Option("--face", help="Which detected face(s): best (largest), all, or N "
+                                      "(0-based, left to right).")]
+NoPasteOpt = Annotated[bool, typer.Option("--no-paste-back", help="Write the aligned result only, not the full "
+                                          "photo.")]
+SaveOpt = Annotated[str | None, typer.Option(
+    "--save", help="Extra outputs, comma-separated: aligned (the input's FFHQ crop), mask (PNG, white = kept from "
+    "the input), latent (the inversion's W+ .pt, float32 [1,18,512]), grid (input | inversion | mask | edits).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip inputs "
+                                            "whose outputs all exist, so a re-run resumes).")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: process only the I-th (0-based) of N "
+                                              "deterministic parts of the inputs (job arrays).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Faces per model batch (faces of one photo are "
+                                       "batched together).", min=1)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Full tracebacks.")]
+
+
+@dataclass
+class _RunSpec:
+    """Everything invert and edit share, after parsing."""
+
+    output: Path
+    aligned: bool
+    which_face: str | int
+    paste: bool
+    extras: set[str]
+    mask: str
+    mask_from: str
+    out_res: int
+    seed: int | None
+    overwrite: bool
+    batch_size: int
+    cycle_align: int | None
+    latent: Path | None = None
+    variants: list[Any] = field(default_factory=list)  # facefix.edits.Variant; empty for invert
+    sweep: bool = False
+
+
+def _load_pipeline(generator: Path | None, encoder: Path | None, samm: Path | None, encoder_type: str,
+                   restyle_iters: int, device: str, offline: bool, cycle_align: int | None):
+    from facefix.pipeline import FacefixPipeline
+    from facefix.runtime import tune_malloc
+
+    tune_malloc()
+    return FacefixPipeline.from_pretrained(generator=generator, encoder=encoder, encoder_type=encoder_type,
+                                           restyle_iters=restyle_iters, device=device,
+                                           offline=True if offline else None, samm=samm, cycle_align=cycle_align)
+
+
+def _check_common(mask: str, mask_from: str, resolution: int, save: str | None) -> set[str]:
+    from facefix.pipeline import MASK_FROM, MASK_MODES
+
+    if mask not in MASK_MODES:
+        raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MASK_MODES)}")
+    if mask_from not in MASK_FROM:
+        raise UsageError(f"--mask-from {mask_from!r}: expected edited or original")
+    if resolution not in (256, 512, 1024):
+        raise UsageError(f"--resolution {resolution}: expected 1024, 512 or 256")
+    return _parse_save(save)
+
+
+def _resolve_mask_mode(pipe, spec: _RunSpec, quiet: bool) -> str:
+    """``auto`` -> samm / face / error, with a one-line notice when no SAMM weights are loaded."""
+    if spec.mask != "auto":
+        pipe.resolve_mask(spec.mask, True)  # checks samm availability up front (usage error, exit 2)
+        return spec.mask
+    if pipe.samm is not None:
+        return "samm"
+    mode = "error" if spec.aligned else "face"
+    if not quiet:
+        _err(f"no SAMM weights (none are published; pass --samm FILE or train them with `facefix train samm`): "
+             f"using the training-free '{mode}' mask (choose with --mask error|face|none)")
+    return mode
+
+
+def _crop_landmarks(al) -> Any:
+    """An alignment's 68 landmarks in its crop's px (x, y), float32 [68,2]."""
+    import numpy as np
+
+    lm = np.asarray(al.landmarks, dtype=np.float64)
+    pts = np.c_[lm, np.ones(len(lm))] @ np.asarray(al.crop_from_photo).T
+    return (pts[:, :2] / pts[:, 2:3]).astype(np.float32)
+
+
+def _grid(tiles: list[Any], size: int = 256) -> Any:
+    """uint8 [H,W,3] or [H,W] tiles -> one row, each resized to size x size."""
+    import numpy as np
+    from PIL import Image
+
+    row = []
+    for t in tiles:
+        im = Image.fromarray(t).convert("RGB").resize((size, size), Image.BILINEAR)
+        row.append(np.asarray(im))
+    return np.concatenate(row, axis=1)
+
+
+def _save_gif(path: Path, frames: list[Any], ms: int = 250) -> None:
+    """Animated GIF (ping-pong so the sweep loops smoothly), written atomically."""
+    from PIL import Image
+
+    from facefix.image_io import atomic_write
+
+    ims = [Image.fromarray(f) for f in frames]
+    seq = ims + ims[-2:0:-1]
+    atomic_write(path, lambda f: seq[0].save(f, format="GIF", save_all=True, append_images=seq[1:], duration=ms,
+                                             loop=0), what="animation")
+
+
+def _process(pipe, spec: _RunSpec, mask_mode: str, detector_box: list[Any]) -> Callable[[InputFile, InputReport],
+                                                                                          None]:
+    """The per-input job of invert and edit: load, align, encode once, render the inversion and every edit
+    variant, paste back, write. Outputs are planned first, so existing ones are skipped and inputs never
+    overwritten."""
+    import numpy as np
+    import torch
+
+    from facefix.align import FaceDetector, align_face, detect_faces, paste_back
+    from facefix.batch import safe_label
+    from facefix.edits import apply_edits
+    from facefix.errors import InputError
+    from facefix.image_io import load_image, save_image, suffix_for, to_uint8
+    from facefix.latents import load_latent, save_latent
+    from facefix.pipeline import Inversion, PipelineOutput
+
+    out = spec.output
+    editing = bool(spec.variants)
+
+    def detector() -> FaceDetector:
+        if not detector_box:
+            detector_box.append(FaceDetector())
+        return detector_box[0]
+
+    def work(item: InputFile, rep: InputReport) -> None:
+        with rep.stage("load"):
+            photo = load_image(item.path)
+        with rep.stage("detect"):
+            if spec.aligned:
+                alignments, crops = [None], [_as_aligned_crop(photo.rgb, item.path)]
+            else:
+                found = detect_faces(photo.rgb, detector(), spec.which_face, str(item.path))
+                alignments = [align_face(photo.rgb, f) for f in found]
+                crops = [a.crop for a in alignments]
+        n = len(crops)
+        tags = [f"_face{spec.which_face if isinstance(spec.which_face, int) else k}" if n > 1 or
+                isinstance(spec.which_face, int) else "" for k in range(n)]
+        base = out / item.key
+        variants = spec.variants or [None]
+        labels = [safe_label(v.label) for v in variants] if spec.sweep else [""]
+        photo_suffix = suffix_for(photo)
+
+        def main_path(k: int, j: int) -> Path:
+            lab = f"_{labels[j]}" if spec.sweep else ""
+            return Path(f"{base}{lab}{photo_suffix}") if spec.paste else Path(f"{base}{tags[k]}{lab}.png")
+
+        planned = sorted({main_path(k, j) for k in range(n) for j in range(len(variants))}, key=str)
+        extra_files = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
+        for key, suffix in extra_files.items():
+            if key in spec.extras and not (key == "aligned" and spec.aligned):
+                planned += [Path(f"{base}{tags[k]}{suffix}") for k in range(n)]
+        if spec.sweep:
+            planned += [Path(f"{base}{tags[k]}.sweep.png") for k in range(n)]
+            planned += [Path(f"{base}{tags[k]}.sweep.gif") for k in range(n)]
+        if any(p.resolve() == item.path.resolve() for p in planned):
+            raise UsageError(f"{item.path}: an output would overwrite the input; choose another -o")
+        rep.faces, rep.outputs = n, [str(p) for p in planned]
+        if not spec.overwrite and all(p.exists() for p in planned):
+            rep.status = "skipped"
+            return
+        base.parent.mkdir(parents=True, exist_ok=True)
+
+        landmarks = None
+        if mask_mode == "face":
+            with rep.stage("detect"):
+                if spec.aligned:
+                    landmarks = np.stack([detect_faces(c, detector(), "best", f"{item.path} (aligned crop)")[0]
+                                          .landmarks for c in crops])
+                else:
+                    landmarks = np.stack([_crop_landmarks(a) for a in alignments])
+        rng = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
+        # results[j][k]: uint8 [R,R,3] of variant j, face k; masks[j][k] float [R,R] (1 = input pixel) or None
+        inv_imgs: list[Any] = []
+        ref_masks: list[Any] = []  # the unedited rendering's masks (what --save mask and the grid show)
+        results: list[list[Any]] = [[] for _ in variants]
+        masks: list[list[Any]] = [[] for _ in variants]
+        w_saved: list[Any] = []
+        for lo in range(0, n, spec.batch_size):
+            sl = slice(lo, min(n, lo + spec.batch_size))
+            x, x256 = pipe.prepare(crops[sl])
+            lms = None if landmarks is None else landmarks[sl]
+            with rep.stage("encode"):
+                if spec.latent is not None:
+                    src = spec.latent if spec.latent.is_file() else None
+                    ws = []
+                    for k in range(sl.start, sl.stop):
+                        f = src or spec.latent / f"{item.key}{tags[k]}.latent.pt"
+                        w = load_latent(f, pipe.generator.n_latent, pipe.generator.style_dim)
+                        if w.shape[0] != 1:
+                            raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
+                        ws.append(w)
+                    feats = pipe.encode(x256, return_features=True).features if mask_mode == "samm" else {}
+                    inv = Inversion(torch.cat(ws).to(pipe.device), feats)
+                else:
+                    inv = pipe.encode(x256)
+            with rep.stage("render"):
+                need_ref = not editing or spec.mask_from == "original" or mask_mode == "error" or \
+                    "grid" in spec.extras or "mask" in spec.extras
+                ref = pipe.render(x, inv, mask=mask_mode, landmarks=lms, generator=rng, out_res=spec.out_res,
+                                  cycle_align=spec.cycle_align) if need_ref else None
+                reuse = ref if (spec.mask_from == "original" or mask_mode == "error") else None
+                outs: list[PipelineOutput] = []
+                for v in variants:
+                    if v is None:
+                        assert ref is not None
+                        outs.append(ref)
+                        continue
+                    if rng is not None:
+                        rng.manual_seed(spec.seed)  # the same noise for every variant: only the edit differs
+                    outs.append(pipe.render(x, inv, w_plus=apply_edits(inv.w_plus, v.edits), mask=mask_mode,
+                                            reference=reuse, landmarks=lms, generator=rng, out_res=spec.out_res,
+                                            cycle_align=spec.cycle_align))
+            for k in range(sl.stop - sl.start):
+                if ref is not None:
+                    inv_imgs.append(to_uint8(ref.image[k].cpu()))
+                    ref_masks.append(None if ref.mask is None else ref.mask[k, 0].float().cpu().numpy())
+                for j, o in enumerate(outs):
+                    results[j].append(to_uint8(o.image[k].cpu()))
+                    masks[j].append(None if o.mask is None else o.mask[k, 0].float().cpu().numpy())
+                w_saved.append(inv.w_plus[k:k + 1].cpu())
+
+        with rep.stage("write"):
+            for j in range(len(variants)):
+                if spec.paste:
+                    # paste only where the face came from the generator: the photo keeps its own pixels elsewhere
+                    keep = [None if m is None else 1.0 - m for m in masks[j]]
+                    save_image(main_path(0, j), paste_back(photo.rgb, results[j], alignments, keep), like=photo)
+                else:
+                    for k in range(n):
+                        save_image(main_path(k, j), results[j][k])
+            for k in range(n):
+                if "aligned" in spec.extras and not spec.aligned:
+                    save_image(Path(f"{base}{tags[k]}.aligned.png"), crops[k])
+                if "latent" in spec.extras:
+                    save_latent(Path(f"{base}{tags[k]}.latent.pt"), w_saved[k])
+                m = ref_masks[k] if ref_masks else masks[0][k]
+                m_img = np.zeros(crops[k].shape[:2], np.uint8) if m is None else \
+                    np.clip(np.round(m * 255), 0, 255).astype(np.uint8)
+                if "mask" in spec.extras:
+                    save_image(Path(f"{base}{tags[k]}.mask.png"), np.repeat(m_img[..., None], 3, axis=2))
+                if "grid" in spec.extras:
+                    tiles = [crops[k], inv_imgs[k], m_img] + ([results[j][k] for j in range(len(variants))]
+                                                             if editing else [])
+                    save_image(Path(f"{base}{tags[k]}.grid.png"), _grid(tiles))
+                if spec.sweep:
+                    frames = [_grid([results[j][k]]) for j in range(len(variants))]
+                    save_image(Path(f"{base}{tags[k]}.sweep.png"), np.concatenate(frames, axis=1))
+                    _save_gif(Path(f"{base}{tags[k]}.sweep.gif"), frames)
+
+    return work
+
+
+def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any], shard: str | None, quiet: bool,
+         as_json: bool, debug: bool) -> int:
+    items = _inputs(inputs, shard)
+    _make_output_dir(spec.output)
+    pipe = _load_pipeline(**model)
+    spec.out_res = min(spec.out_res, pipe.generator.size)
+    mask_mode = _resolve_mask_mode(pipe, spec, quiet)
+    if spec.latent is not None and mask_mode == "samm" and pipe.encoder_type != "e4e":
+        raise UsageError("--latent with SAMM needs --encoder-type e4e (ReStyle's SAMM features depend on its "
+                         "iterations, which a saved code does not record)")
+    work = _process(pipe, spec, mask_mode, [])
+    options = {"aligned": spec.aligned, "face": str(spec.which_face), "encoder_type": pipe.encoder_type,
+               "mask": mask_mode, "mask_from": spec.mask_from, "samm": str(model["samm"]) if model["samm"] else None,
+               "device": str(pipe.device), "resolution": spec.out_res, "seed": spec.seed, "shard": shard,
+               "edits": [v.label for v in spec.variants], "debug": debug}
+    return _run_inputs(items, spec.output, work, quiet, as_json, command, options)
 
 
 @app.command()
 def invert(
     inputs: Inputs,
     output: OutDir = Path("facefix-out"),
-    aligned: Annotated[bool, typer.Option("--aligned", help="Inputs are already FFHQ-aligned square crops "
-                                          "(resized to 1024 if needed): no detection, no paste-back.")] = False,
-    generator: Annotated[Path | None, typer.Option(help="StyleGAN2 checkpoint (rosinality .pt). Default: the "
-                                                   "encoder file's own decoder.")] = None,
-    encoder: Annotated[Path | None, typer.Option(help="e4e or ReStyle-e4e checkpoint (.pt). Default: the "
-                                                 "manifest's file, downloaded once to the Hugging Face cache.")] = None,
-    encoder_type: Annotated[str, typer.Option(help="e4e or restyle.")] = "e4e",
-    restyle_iters: Annotated[int, typer.Option(help="ReStyle refinement steps.", min=1, max=20)] = 5,
-    mask: Annotated[str, typer.Option(help="Out-of-domain mask: samm, error, face or none. This version "
-                                      "implements none only.")] = "none",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    resolution: Annotated[int, typer.Option(help="Output size in px: 1024, 512 or 256 (early exit of the "
-                                            "generator; smaller is faster).")] = 1024,
-    seed: Annotated[int | None, typer.Option(help="Random generator noise from this seed instead of the "
-                                             "checkpoint's fixed noise.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (as HF_HUB_OFFLINE=1).")] = False,
-    face: Annotated[str, typer.Option(help="Which detected face(s): best (largest), all, or N (0-based, "
-                                      "left to right).")] = "best",
-    no_paste_back: Annotated[bool, typer.Option("--no-paste-back", help="Write the aligned 1024 result only, "
-                                                "not the full photo.")] = False,
-    save: Annotated[str | None, typer.Option(help="Extra outputs, comma-separated: aligned (the input's FFHQ "
-                                             "crop), latent (W+ code .pt, float32 [1,18,512]).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip "
-                                            "inputs whose outputs exist).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks.")] = False,
+    aligned: AlignedOpt = False,
+    generator: GeneratorOpt = None,
+    encoder: EncoderOpt = None,
+    samm: SammOpt = None,
+    encoder_type: EncoderTypeOpt = "e4e",
+    restyle_iters: RestyleItersOpt = 5,
+    mask: MaskOpt = "auto",
+    cycle_align: CycleOpt = None,
+    device: DeviceOpt = "auto",
+    resolution: ResolutionOpt = 1024,
+    seed: SeedOpt = None,
+    offline: OfflineOpt = False,
+    face: FaceOpt = "best",
+    no_paste_back: NoPasteOpt = False,
+    save: SaveOpt = None,
+    overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None,
+    batch_size: BatchOpt = 4,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
-    """Invert faces into StyleGAN2's W+ space and write the reconstruction.
+    """Invert faces into StyleGAN2's W+ space and write the reconstruction, blended into the photo.
 
-    Outputs per input photo: OUT/<name>.<ext> (the photo with the re-synthesised face pasted back, same format),
-    or with --aligned / --no-paste-back OUT/<name>[_faceK].png (the 1024 result). With --save latent:
-    OUT/<name>[_faceK].latent.pt; with --save aligned: OUT/<name>[_faceK].aligned.png. _faceK (K = 0, 1, ...) is
-    added when --face all finds several faces.
+    Outputs under OUT, named after each input's path below its input folder (KEY = a/b/photo for
+    IN/a/b/photo.jpg): OUT/KEY.<ext> (the photo with the re-synthesised face pasted back, same format), or with
+    --aligned / --no-paste-back OUT/KEY[_faceK].png (the aligned result). --save adds OUT/KEY[_faceK].aligned.png,
+    .mask.png, .latent.pt, .grid.png. _faceK is added when several faces are processed. OUT/facefix-report.json
+    records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error.
     """
     with _errors_to_exit(debug):
-        extras = _parse_save(save)
-        unsupported = extras - {"latent", "aligned"}
-        if unsupported:
-            raise UsageError(f"--save {','.join(sorted(unsupported))}: not available in this version")
-        if mask not in MASK_CHOICES:
-            raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MASK_CHOICES)}")
-        if mask != "none":
-            raise UsageError(f"--mask {mask}: not implemented in this version; use --mask none")
-        if resolution not in (256, 512, 1024):
-            raise UsageError(f"--resolution {resolution}: expected 1024, 512 or 256")
-        which_face = _parse_face(face)
-        paths = _collect_inputs(inputs)
-        if not paths:
-            raise UsageError("no input images found")
-        output.mkdir(parents=True, exist_ok=True)
-
-        import torch
-
-        from facefix.align import FaceDetector, align_face, detect_faces, paste_back
-        from facefix.image_io import load_image, save_image, suffix_for, to_uint8
-        from facefix.latents import save_latent
-        from facefix.pipeline import FacefixPipeline, encoder_input
-        from facefix.runtime import tune_malloc
-
-        tune_malloc()
-        pipe = FacefixPipeline.from_pretrained(generator=generator, encoder=encoder, encoder_type=encoder_type,
-                                               restyle_iters=restyle_iters, device=device,
-                                               offline=True if offline else None)
-        detector = None if aligned else FaceDetector()
-        out_res = min(resolution, pipe.generator.size)
-
-        def work(path: Path, rep: InputReport) -> None:
-            photo = load_image(path)
-            if aligned:
-                faces, crops = [None], [_as_aligned_crop(photo.rgb, path)]
-            else:
-                faces = [align_face(photo.rgb, f) for f in detect_faces(photo.rgb, detector, which_face, str(path))]
-                crops = [a.crop for a in faces]
-            tag = (lambda k: f"_face{k}") if len(crops) > 1 else (lambda k: "")
-            paste = not (aligned or no_paste_back)
-            planned: list[Path] = [output / f"{path.stem}{suffix_for(photo)}"] if paste else \
-                [output / f"{path.stem}{tag(k)}.png" for k in range(len(crops))]
-            for key, suffix in (("latent", ".latent.pt"), ("aligned", ".aligned.png")):
-                if key in extras and not (key == "aligned" and aligned):
-                    planned += [output / f"{path.stem}{tag(k)}{suffix}" for k in range(len(crops))]
-            if any(p.resolve() == path.resolve() for p in planned):
-                raise UsageError(f"{path}: output would overwrite the input; choose another -o")
-            rep.faces, rep.outputs = len(crops), [str(p) for p in planned]
-            if not overwrite and all(p.exists() for p in planned):
-                rep.status = "skipped"
-                return
-            rng = torch.Generator().manual_seed(seed) if seed is not None else None
-            result = pipe(encoder_input(crops), generator=rng, out_res=out_res)
-            outs = [to_uint8(result.image[k].cpu()) for k in range(len(crops))]
-            if paste:
-                save_image(planned[0], paste_back(photo.rgb, outs, faces), like=photo)
-            else:
-                for k, img in enumerate(outs):
-                    save_image(output / f"{path.stem}{tag(k)}.png", img)
-            for k in range(len(crops)):
-                if "latent" in extras:
-                    save_latent(output / f"{path.stem}{tag(k)}.latent.pt", result.w_plus[k:k + 1])
-                if "aligned" in extras and not aligned:
-                    save_image(output / f"{path.stem}{tag(k)}.aligned.png", crops[k])
-
-        options = {"aligned": aligned, "face": face, "encoder_type": encoder_type, "mask": mask,
-                   "device": str(pipe.device), "resolution": out_res, "seed": seed, "debug": debug}
-        code = _run_inputs(paths, output, work, quiet, as_json, "invert", options)
+        extras = _check_common(mask, "edited", resolution, save)
+        spec = _RunSpec(output, aligned, _parse_face(face), not (aligned or no_paste_back), extras, mask, "edited",
+                        resolution, seed, overwrite, batch_size, cycle_align)
+        model = {"generator": generator, "encoder": encoder, "samm": samm, "encoder_type": encoder_type,
+                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
+        code = _run("invert", inputs, spec, model, shard, quiet, as_json, debug)
     raise typer.Exit(code)
+
+
+@app.command()
+def edit(
+    inputs: Inputs,
+    age: Annotated[str | None, typer.Option(help="InterFaceGAN age: W+ += F x unit direction on all 18 rows "
+                                            "(e4e convention; useful range about -5..5; + is older). A:B:N sweeps "
+                                            "N values.")] = None,
+    smile: Annotated[str | None, typer.Option(help="InterFaceGAN smile factor F (or sweep A:B:N).")] = None,
+    pose: Annotated[str | None, typer.Option(help="InterFaceGAN pose (yaw) factor F (or sweep A:B:N).")] = None,
+    direction: Annotated[list[str] | None, typer.Option(
+        help="FILE[:F][@A-B]: any direction file (.pt/.npy; [512], [18,512], ...), factor F (default 1), W+ rows "
+        "A..B inclusive (default all). Repeatable.")] = None,
+    ganspace: Annotated[list[str] | None, typer.Option(
+        help="NAME[=V] sets the face's coordinate on the edit's PCA component to V (in std units; default the "
+        "edit's strength; V=0 is the FFHQ mean, not a no-op); NAME+=D moves it by D from where the face is. "
+        "See `facefix directions list`. Repeatable.")] = None,
+    styleclip: Annotated[list[str] | None, typer.Option(
+        help="NAME[=S]: StyleCLIP latent mapper, w + S x mapper(w) (default S 0.1). Repeatable.")] = None,
+    text: Annotated[str | None, typer.Option(help="StyleCLIP global direction from a prompt (needs the optional "
+                                             "CLIP extra).")] = None,
+    latent: Annotated[Path | None, typer.Option(
+        help="Start from saved W+ codes instead of encoding: a .pt file (one input), or the -o folder of an earlier "
+        "`facefix invert --save latent` run (looked up by the same names).")] = None,
+    output: OutDir = Path("facefix-out"),
+    aligned: AlignedOpt = False,
+    generator: GeneratorOpt = None,
+    encoder: EncoderOpt = None,
+    samm: SammOpt = None,
+    encoder_type: EncoderTypeOpt = "e4e",
+    restyle_iters: RestyleItersOpt = 5,
+    mask: MaskOpt = "auto",
+    mask_from: MaskFromOpt = "edited",
+    cycle_align: CycleOpt = None,
+    device: DeviceOpt = "auto",
+    resolution: ResolutionOpt = 1024,
+    seed: SeedOpt = None,
+    offline: OfflineOpt = False,
+    face: FaceOpt = "best",
+    no_paste_back: NoPasteOpt = False,
+    save: SaveOpt = None,
+    overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None,
+    batch_size: BatchOpt = 4,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Edit faces: encode once, apply the edits to W+, re-synthesise, keep out-of-domain regions from the input,
+    paste back.
+
+    Example: facefix edit photo.jpg --age 3 --smile -1.5 -o out/. Several edits combine into one image; one of
+    them may be a sweep (--age -4:4:9), which writes OUT/KEY_<edit>.<ext> per value plus OUT/KEY.sweep.png (a
+    strip) and OUT/KEY.sweep.gif. Other outputs are named as for `facefix invert`.
+    """
+    with _errors_to_exit(debug):
+        extras = _check_common(mask, mask_from, resolution, save)
+        from facefix.edits import build_edits
+
+        variants = build_edits(age=age, smile=smile, pose=pose, directions=direction or [], ganspace=ganspace or [],
+                               styleclip=styleclip or [], text=text, offline=True if offline else None)
+        if not any(v.edits for v in variants):
+            raise UsageError("no edit given: add e.g. --age 3, --ganspace NAME, --direction FILE "
+                             "(see `facefix directions list`)")
+        if latent is not None and not latent.exists():
+            raise UsageError(f"--latent {latent}: no such file or folder")
+        spec = _RunSpec(output, aligned, _parse_face(face), not (aligned or no_paste_back), extras, mask, mask_from,
+                        resolution, seed, overwrite, batch_size, cycle_align, latent, variants, len(variants) > 1)
+        model = {"generator": generator, "encoder": encoder, "samm": samm, "encoder_type": encoder_type,
+                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
+        code = _run("edit", inputs, spec, model, shard, quiet, as_json, debug)
+    raise typer.Exit(code)
+
+
+directions_app = typer.Typer(help="Edit directions: what `facefix edit` can apply.", no_args_is_help=True)
+app.add_typer(directions_app, name="directions")
+
+
+@directions_app.command("list")
+def directions_list(as_json: JsonOpt = False) -> None:
+    """InterFaceGAN directions, GANSpace named edits and StyleCLIP mappers, with what their values mean."""
+    with _errors_to_exit(False):
+        from facefix.edits import list_directions
+
+        rows = list_directions()
+        if as_json:
+            typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
+            return
+        for r in rows:
+            mark = "" if r.available else "  (file not on disk)"
+            typer.echo(f"{r.kind:<12} {r.name:<22} default {r.default:<6} range {r.useful_range:<13} rows "
+                       f"{r.rows:<20} {r.value}{mark}")
 
 
 def _parse_face(face: str) -> str | int:
@@ -290,43 +674,49 @@ def align(
     face: Annotated[str, typer.Option(help="Which detected face(s): best (largest), all, or N (0-based, "
                                       "left to right).")] = "best",
     size: Annotated[int, typer.Option(help="Crop size in px (FFHQ: 1024).", min=64, max=4096)] = 1024,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks.")] = False,
+    overwrite: OverwriteOpt = False,
+    shard: ShardOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Detect faces (dlib, 68 landmarks) and write FFHQ-aligned crops with their transforms.
 
-    Outputs per face: OUT/<name>_faceK.png (the crop) and OUT/<name>_faceK.json (quad, landmarks, and the 3x3
+    Outputs per face: OUT/KEY_faceK.png (the crop) and OUT/KEY_faceK.json (quad, landmarks, and the 3x3
     crop_from_photo / photo_from_crop matrices, (x, y) pixel coordinates), K = 0, 1, ... left to right.
     """
     with _errors_to_exit(debug):
         which_face = _parse_face(face)
-        paths = _collect_inputs(inputs)
-        if not paths:
-            raise UsageError("no input images found")
+        items = _inputs(inputs, shard)
+        _make_output_dir(output)
         from facefix.align import FaceDetector, align_face, detect_faces
         from facefix.image_io import atomic_write_bytes, load_image, save_image
 
         detector = FaceDetector()
 
-        def work(path: Path, rep: InputReport) -> None:
-            rgb = load_image(path).rgb
-            found = detect_faces(rgb, detector, which_face, str(path))
+        def work(item: InputFile, rep: InputReport) -> None:
+            with rep.stage("load"):
+                rgb = load_image(item.path).rgb
+            with rep.stage("detect"):
+                found = detect_faces(rgb, detector, which_face, str(item.path))
             rep.faces = len(found)
             for k, f in enumerate(found):
                 k_out = which_face if isinstance(which_face, int) else k
-                crop_path = output / f"{path.stem}_face{k_out}.png"
+                crop_path = output / f"{item.key}_face{k_out}.png"
                 json_path = crop_path.with_suffix(".json")
                 rep.outputs += [str(crop_path), str(json_path)]
                 if not overwrite and crop_path.exists() and json_path.exists():
                     continue
-                a = align_face(rgb, f, output_size=size)
-                save_image(crop_path, a.crop)
-                atomic_write_bytes(json_path, json.dumps({"input": str(path), **a.to_dict()}, indent=1).encode())
+                with rep.stage("align"):
+                    a = align_face(rgb, f, output_size=size)
+                crop_path.parent.mkdir(parents=True, exist_ok=True)
+                with rep.stage("write"):
+                    save_image(crop_path, a.crop)
+                    atomic_write_bytes(json_path, json.dumps({"input": str(item.path), **a.to_dict()},
+                                                             indent=1).encode())
 
-        output.mkdir(parents=True, exist_ok=True)
-        code = _run_inputs(paths, output, work, quiet, as_json, "align", {"face": face, "size": size})
+        code = _run_inputs(items, output, work, quiet, as_json, "align", {"face": face, "size": size,
+                                                                           "shard": shard})
     raise typer.Exit(code)
 
 

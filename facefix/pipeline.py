@@ -326,6 +326,7 @@ class FacefixPipeline:
         else:
             gen = self.generator.synthesis(w, noise=noise, out_res=out_res)
         x = x.to(self.device, gen.dtype)
+        crop_size = x.shape[-1]  # landmarks are in the input crop's px
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if mode == "error":
@@ -337,7 +338,7 @@ class FacefixPipeline:
                 alpha = error_mask(x, unedited)
         elif mode == "face":
             assert landmarks is not None
-            lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 68, 2) * (size / x.shape[-1])
+            lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 68, 2) * (size / crop_size)
             alpha = face_mask(lms, size).to(self.device)
         image = gen if alpha is None else blend(x, gen, alpha)
         return PipelineOutput(image, w, gen, alpha, mode, aligns)

@@ -39,7 +39,7 @@ def test_invert_aligned_matches_python_api(tmp_path, e4e64_file):
     crop.parent.mkdir()
     shutil.copy(ALIGNED, crop)
     r = run("invert", crop, "--aligned", "--encoder", e4e64_file, "--save", "latent", "--device", "cpu",
-            "-o", tmp_path / "out", "--quiet")
+            "--mask", "none", "-o", tmp_path / "out", "--quiet")
     assert r.exit_code == 0, r.output
     out_png, out_lat = tmp_path / "out" / "face.png", tmp_path / "out" / "face.latent.pt"
     w = torch.load(out_lat, weights_only=True)
@@ -58,7 +58,8 @@ def test_invert_aligned_matches_python_api(tmp_path, e4e64_file):
     assert report["summary"] == {"inputs": 1, "ok": 1, "skipped": 0, "failed": 0}
 
     # A second run skips what exists; --overwrite redoes it.
-    r = run("invert", crop, "--aligned", "--encoder", e4e64_file, "--save", "latent", "-o", tmp_path / "out")
+    r = run("invert", crop, "--aligned", "--encoder", e4e64_file, "--save", "latent", "--mask", "none",
+            "-o", tmp_path / "out")
     assert r.exit_code == 0
     assert json.loads((tmp_path / "out" / "facefix-report.json").read_text())["summary"]["skipped"] == 1
 
@@ -83,7 +84,9 @@ def test_bad_inputs_do_not_stop_the_good_ones(tmp_path, e4e64_file):
     (tmp_path / "in" / "notes.png").write_text("not an image")
     (tmp_path / "in" / "wide.png").write_bytes(b"")
     Image.new("RGB", (300, 200)).save(tmp_path / "in" / "rect.png")
-    r = run("invert", tmp_path / "in", "--aligned", "--encoder", e4e64_file, "-o", tmp_path / "out", "-q")
+    # the folder is scanned by content (notes.png and wide.png are not images); named files are always tried
+    r = run("invert", tmp_path / "in", *[tmp_path / "in" / n for n in ("notes.png", "wide.png")], "--aligned",
+            "--encoder", e4e64_file, "-o", tmp_path / "out", "-q")
     assert r.exit_code == 1
     assert (tmp_path / "out" / "good.png").exists()
     rep = json.loads((tmp_path / "out" / "facefix-report.json").read_text())
@@ -96,7 +99,9 @@ def test_bad_inputs_do_not_stop_the_good_ones(tmp_path, e4e64_file):
 
 
 @pytest.mark.parametrize("args,msg", [
-    (["--mask", "samm"], "--mask samm: not implemented"),
+    (["--mask", "samm"], "--mask samm needs SAMM weights"),
+    (["--mask-from", "later"], "No such option"),
+    (["--shard", "3/3"], "--shard 3/3"),
     (["--mask", "bogus"], "--mask 'bogus'"),
     (["--resolution", "300"], "--resolution 300"),
     (["--face", "second"], "--face 'second'"),
