@@ -75,3 +75,24 @@ def write_e4e_checkpoint(path: Path, size: int = 64, restyle: bool = False) -> P
 def e4e64_file(tmp_path_factory) -> Path:
     """An e4e checkpoint over the 64 px generator (10 W+ rows, ~620 MB on disk), written once per session."""
     return write_e4e_checkpoint(tmp_path_factory.mktemp("ckpt") / "e4e64.pt")
+
+
+@pytest.fixture(scope="session")
+def e4e1024_file(tmp_path_factory) -> Path:
+    """The real-size e4e checkpoint (1.2 GB, official layout, recipe weights), written once per session."""
+    return write_e4e_checkpoint(tmp_path_factory.mktemp("ckpt1024") / "e4e_ffhq_encode.pt", size=1024)
+
+
+def write_samm_checkpoint(path: Path, generator_state: dict | None = None, both: bool = False) -> Path:
+    """An official-format SAMM file ``{'params_ema'[, 'params']}`` with the SAMM recipe weights; the swept-in
+    ``generator.*.modulation.*`` keys come from ``generator_state`` (the g1024 recipe by default)."""
+    from facefix.models.recipe import fill_module
+    from facefix.models.samm import SAMM
+    from facefix.models.stylegan2 import Generator
+
+    sd = dict(fill_module(SAMM(), "samm").state_dict())
+    if generator_state is None:
+        generator_state = fill_module(Generator(1024), "generator").state_dict()
+    sd.update({f"generator.{k}": v for k, v in generator_state.items() if ".modulation." in k})
+    torch.save({"params": sd, "params_ema": sd} if both else {"params_ema": sd}, path)
+    return path

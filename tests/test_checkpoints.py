@@ -109,11 +109,11 @@ def test_latent_avg_variants(tmp_path, e4e64_file):
 
 
 @pytest.mark.slow
-def test_real_size_e4e_file_round_trip(tmp_path):
+def test_real_size_e4e_file_round_trip(e4e1024_file):
     """The 1.2 GB official-layout e4e file (recipe weights) loads strictly and reproduces the e4e goldens."""
     from facefix.models.encoders import face_pool
 
-    path = write_e4e_checkpoint(tmp_path / "e4e_ffhq_encode.pt", size=1024)
+    path = e4e1024_file
     assert path.stat().st_size > 1.1e9
     loaded = load_encoder(path)
     d = golden("e4e_inversion.npz")

@@ -169,3 +169,62 @@ def test_pipeline_render_matches_official(pipe, case):
     close(w, d["wplus"], TOL_ALIGN, "wplus")
     out = pipe.render(x, inv, w_plus=w, mask="samm", cycle_align=1 if mode == "k1" else None)
     _check_views(out, d)
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
+
+
+def test_official_file_loads_and_checks_its_generator(tmp_path, g1024, samm):
+    from facefix.checkpoints import load_samm
+    from facefix.errors import WeightsError
+    from tests.conftest import write_samm_checkpoint
+
+    path = write_samm_checkpoint(tmp_path / "net_g_410000.pth", g1024.state_dict(), both=True)
+    loaded = load_samm(path, g1024)
+    assert loaded.config == samm.config
+    for (k, a), b in zip(samm.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert load_samm(path, g1024, cycle_align=1).block(32).cycle_align == 1
+
+    # trained on another generator: its swept-in style affines differ -> refused, not silently mixed
+    other = {k: (v + 1 if k == "convs.4.conv.modulation.bias" else v) for k, v in g1024.state_dict().items()}
+    bad = write_samm_checkpoint(tmp_path / "other.pth", other)
+    with pytest.raises(WeightsError, match="different StyleGAN2 generator.*convs.4.conv.modulation.bias"):
+        load_samm(bad, g1024)
+
+
+def test_facefix_format_round_trip_keeps_config(tmp_path):
+    from facefix.checkpoints import load_samm, save_samm
+    from facefix.errors import WeightsError
+
+    model = fill_module(SAMM(channel_multiplier=1, cycle_align=3, encoder_mode="e4e", bias=True), "samm")
+    save_samm(tmp_path / "s.pt", model, {"step": 12})
+    loaded = load_samm(tmp_path / "s.pt")
+    assert loaded.config == model.config and loaded.encoder_mode == "e4e"
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    torch.save({"g_ema": {}}, tmp_path / "g.pt")
+    with pytest.raises(WeightsError, match="not a SAMM checkpoint"):
+        load_samm(tmp_path / "g.pt")
+
+
+@pytest.mark.slow
+def test_cli_invert_with_official_samm_file_matches_golden(tmp_path, e4e1024_file, g1024):
+    """`facefix invert --aligned --samm FILE --save mask` on the golden crop reproduces the official output."""
+    from PIL import Image
+
+    from tests.conftest import write_generator_checkpoint, write_samm_checkpoint
+    from tests.test_cli import ALIGNED, run
+
+    gen = write_generator_checkpoint(tmp_path / "stylegan2-ffhq-config-f.pt", size=1024)
+    samm_file = write_samm_checkpoint(tmp_path / "net_g.pth", g1024.state_dict())
+    r = run("invert", ALIGNED, "--aligned", "--samm", samm_file, "--generator", gen, "--encoder", e4e1024_file,
+            "--save", "mask", "--device", "cpu", "-o", tmp_path / "out", "-q")
+    assert r.exit_code == 0, r.output
+    out = np.asarray(Image.open(tmp_path / "out" / "grace_hopper_aligned1024.png")).astype(int)
+    ref = golden("samm/samm_grace_inv_full_out_f16.npz")["out_f16"][0].astype(np.float32).transpose(1, 2, 0)
+    ref_u8 = np.clip(np.round((ref + 1) * 127.5), 0, 255)
+    assert np.abs(out - ref_u8).max() <= 1 and (out != ref_u8).mean() < 0.01
+    mask = np.asarray(Image.open(tmp_path / "out" / "grace_hopper_aligned1024.mask.png"))[..., 0].astype(int)
+    ref_mask = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")["mask1024_f16"][0, 0].astype(np.float32)
+    assert np.abs(mask - np.round(ref_mask * 255)).max() <= 1
