@@ -77,3 +77,51 @@ def make_kernel(k: list[float] | tuple[float, ...]) -> Tensor:
     t = t[None, :] * t[:, None] if t.ndim == 1 else t
     return t / t.sum()
 
+
+
+# -- Winograd F(2x2, 3x3) ---------------------------------------------------------------------------------------
+# A 3x3 "same" convolution computed on 4x4 input tiles with 16 multiplies per 2x2 outputs instead of 36 (Lavin &
+# Gray 2016): 2.25x fewer FLOPs in the channel GEMMs, which dominate for SAMM's wide AlignNet convs (2C = 256-1024
+# channels). The transforms are exact small integer/half matrices, so the result differs from a direct conv only
+# by float32 rounding (relative ~3e-6 here).
+_WINO_BT = ((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0))
+_WINO_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
+_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+WINOGRAD_CHUNK_ELEMS = 1 << 24  # input-tile elements per chunk (64 MB in float32): bounds the extra memory
+
+
+def winograd_weight(weight: Tensor) -> Tensor:
+    """3x3 conv weight [Co,Ci,3,3] -> transformed weight U [16,Co,Ci] (``G g G^T`` per filter)."""
+    g = torch.tensor(_WINO_G, dtype=weight.dtype, device=weight.device)
+    return torch.einsum("ij,ocjk,lk->iloc", g, weight, g).reshape(16, weight.shape[0], weight.shape[1]).contiguous()
+
+
+def winograd_conv3x3(x: Tensor, u: Tensor) -> Tensor:
+    """``F.conv2d(x, w, padding=1)`` (stride 1, no bias) via Winograd F(2x2, 3x3).
+
+    Args:
+        x: [N,Ci,H,W] float (any H, W >= 1).
+        u: :func:`winograd_weight` of w, [16,Co,Ci].
+    Returns:
+        [N,Co,H,W].
+    """
+    n, c, h, w = x.shape
+    co = u.shape[1]
+    hp, wp = h + (h & 1), w + (w & 1)
+    th, tw = hp // 2, wp // 2
+    bt = torch.tensor(_WINO_BT, dtype=x.dtype, device=x.device)
+    at = torch.tensor(_WINO_AT, dtype=x.dtype, device=x.device)
+    k_in, k_out = torch.kron(bt, bt), torch.kron(at, at)  # [16,16], [4,16]
+    xp = F.pad(x, [1, 1 + wp - w, 1, 1 + hp - h])
+    out = x.new_empty(n, co, hp, wp)
+    rows = max(1, WINOGRAD_CHUNK_ELEMS // max(1, 16 * c * n * tw))  # tile rows per chunk
+    for r0 in range(0, th, rows):
+        r1 = min(th, r0 + rows)
+        # 4x4 tiles with stride 2 -> [16, Ci * N * T] (T tiles in this chunk), transformed by B^T d B
+        d = xp[:, :, 2 * r0: 2 * r1 + 2].unfold(2, 4, 2).unfold(3, 4, 2)
+        d = d.permute(4, 5, 1, 0, 2, 3).reshape(16, -1)
+        v = (k_in @ d).view(16, c, -1)
+        m = torch.bmm(u, v).view(16, -1)  # the channel GEMMs: [16,Co,Ci] x [16,Ci,N*T]
+        y = (k_out @ m).view(2, 2, co, n, r1 - r0, tw)  # A^T m A: 2x2 outputs per tile
+        out[:, :, 2 * r0: 2 * r1] = y.permute(3, 2, 4, 0, 5, 1).reshape(n, co, 2 * (r1 - r0), wp)
+    return out[:, :, :h, :w]

@@ -81,11 +81,12 @@ def test_unused_official_scalars_do_not_change_outputs(samm):
     with torch.no_grad():
         before = samm.block(32)(g, e)[0]
         blk = samm.block(32)
+        saved = blk.weight.clone(), blk.noiseInj.weight.clone()
         blk.weight += 0.5
         blk.noiseInj.weight += 0.5
         after = samm.block(32)(g, e)[0]
-        blk.weight -= 0.5
-        blk.noiseInj.weight -= 0.5
+        blk.weight.copy_(saved[0])  # (x + 0.5) - 0.5 is not x in float32: restore exactly for later tests
+        blk.noiseInj.weight.copy_(saved[1])
     assert torch.equal(before, after)
 
 
@@ -228,3 +229,34 @@ def test_cli_invert_with_official_samm_file_matches_golden(tmp_path, e4e1024_fil
     mask = np.asarray(Image.open(tmp_path / "out" / "grace_hopper_aligned1024.mask.png"))[..., 0].astype(int)
     ref_mask = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")["mask1024_f16"][0, 0].astype(np.float32)
     assert np.abs(mask - np.round(ref_mask * 255)).max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 5, 7, 9), (2, 16, 3, 12, 16), (1, 32, 32, 1, 1), (3, 4, 6, 2, 3)])
+def test_winograd_conv_equals_direct_conv(shape, monkeypatch):
+    import torch.nn.functional as F
+
+    import facefix.models.ops as ops
+
+    n, c, co, h, w = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x, wt = torch.randn(n, c, h, w, generator=g), torch.randn(co, c, 3, 3, generator=g)
+    ref = F.conv2d(x, wt, padding=1)
+    for chunk in (ops.WINOGRAD_CHUNK_ELEMS, 64):  # one chunk, and many tile-row chunks
+        monkeypatch.setattr(ops, "WINOGRAD_CHUNK_ELEMS", chunk)
+        y = ops.winograd_conv3x3(x, ops.winograd_weight(wt))
+        assert y.shape == ref.shape and (y - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_conv3x3_uses_direct_conv_for_training_and_follows_weight_updates():
+    from facefix.models.samm import Conv3x3
+
+    conv = Conv3x3(4, 3, bias=True)
+    x = torch.randn(1, 4, 6, 6)
+    y = conv(x)  # grad enabled: plain conv, differentiable
+    y.sum().backward()
+    assert conv.weight.grad is not None
+    with torch.no_grad():
+        fast = conv(x)
+        assert (fast - y).abs().max() < 1e-5
+        conv.weight.mul_(2)  # an in-place update (an optimizer step) invalidates the cached transform
+        assert (conv(x) - conv._conv_forward(x, conv.weight, conv.bias)).abs().max() < 1e-5

@@ -1,0 +1,139 @@
+"""SAMM pipeline benchmark: per-stage wall time and peak RSS for one aligned 1024 photo at batch 1.
+
+Run:  python benchmarks/bench_samm.py [--threads 2] [--repeats 2] [--cycle-align 2]
+
+Stages (recipe weights in the official layouts, the real photo ``grace_hopper`` aligned; speed does not depend on
+the weight values):
+  prepare        uint8 crop -> x [1,3,1024,1024] and the encoder's 256 input
+  encode         e4e (bicubic FPN, the official SAMM encoder mode) with the feature taps
+  gen_plain      the generator alone (what an edit costs without SAMM)
+  samm_pass      generator with the four SAMM levels (flow + mask predicted), mask composition and blend
+  samm_32..256   the part of samm_pass spent inside each level's SAMM block
+  edit_edited    one edit with --mask-from edited (a full SAMM pass on the edited code, as the paper)
+  edit_original  one edit with --mask-from original (replays the inversion's flows and masks: generator + warps)
+FLOPs (``shared/research/samm_spec.md`` §3.3): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
+Peak RSS is the process high-water mark after the models are built (models built on the meta device and filled
+with ``assign=True``, as the checkpoint loader does, so weights are resident once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+_SHARED = os.environ.get("FACEFIX_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
+
+
+def _build(cycle_align: int):
+    import torch
+
+    from facefix.models.encoders import Encoder4Editing
+    from facefix.models.recipe import latent_avg, recipe_state_dict
+    from facefix.models.samm import SAMM
+    from facefix.models.stylegan2 import Generator
+    from facefix.pipeline import FacefixPipeline
+
+    def build(cls, family, seed_base=None, **kw):
+        with torch.device("meta"):
+            m = cls(**kw)
+        entries = [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
+        m.load_state_dict(recipe_state_dict(entries, family, seed_base), assign=True)
+        return m.eval().requires_grad_(False)
+
+    gen = build(Generator, "generator", size=1024)
+    enc = build(Encoder4Editing, "encoder", 5000)
+    samm = build(SAMM, "samm", cycle_align=cycle_align)
+    return FacefixPipeline(gen, enc, latent_avg([512], 900).expand(18, 512).clone(), samm=samm)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--cycle-align", type=int, default=2)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    from facefix.runtime import tune_malloc
+
+    tuned = tune_malloc()
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    t0 = time.perf_counter()
+    pipe = _build(args.cycle_align)
+    build_s = time.perf_counter() - t0
+    rss_models = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+    from PIL import Image
+
+    from facefix.edits import apply_edits, build_edits
+    from facefix.models.samm import SAMMBlock
+
+    crop = np.asarray(Image.open(Path(_SHARED) / "golden/align/grace_hopper_aligned1024.png").convert("RGB"))
+    (variant,) = build_edits(smile=2.0)
+    level_times: dict[int, list[float]] = defaultdict(list)
+    original_forward = SAMMBlock.forward
+
+    def timed_forward(self, gen, enc, prev=None, cycle_align=None):
+        t = time.perf_counter()
+        out = original_forward(self, gen, enc, prev, cycle_align)
+        level_times[gen.shape[-1]].append(time.perf_counter() - t)
+        return out
+
+    SAMMBlock.forward = timed_forward  # type: ignore[method-assign]
+    times: dict[str, list[float]] = defaultdict(list)
+
+    @contextmanager
+    def clock(name):
+        t = time.perf_counter()
+        yield
+        times[name].append(time.perf_counter() - t)
+
+    for rep in range(args.repeats + 1):  # the first round warms up oneDNN and the allocator, not reported
+        if rep == 1:
+            times.clear()
+            level_times.clear()
+        with clock("prepare"):
+            x, x256 = pipe.prepare(crop)
+        with clock("encode"):
+            inv = pipe.encode(x256)
+        with clock("gen_plain"):
+            pipe.synthesize(inv.w_plus)
+        with clock("samm_pass"):
+            ref = pipe.render(x, inv, mask="samm")
+        w_edit = apply_edits(inv.w_plus, variant.edits)
+        with clock("edit_edited"):
+            pipe.render(x, inv, w_plus=w_edit, mask="samm")
+        with clock("edit_original"):
+            pipe.render(x, inv, w_plus=w_edit, mask="samm", reference=ref)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    # level times: samm_pass and edit_edited each ran every level once per round
+    per_level = {r: statistics.median(v) for r, v in sorted(level_times.items())}
+
+    print(f"threads {args.threads}, cycle_align {args.cycle_align}, repeats {args.repeats}, allocator "
+          f"{'glibc + facefix mallopt' if tuned else 'glibc default'}; models built in {build_s:.1f} s, "
+          f"RSS with models {rss_models:.2f} GB")
+    print(f"{'stage':<14} {'median s':>9}")
+    for name, v in times.items():
+        print(f"{name:<14} {statistics.median(v):>9.2f}")
+        if name == "samm_pass":
+            for r, s in per_level.items():
+                print(f"  samm_{r:<7} {s:>9.2f}")
+    photo = statistics.median(times["prepare"]) + statistics.median(times["encode"]) + \
+        statistics.median(times["samm_pass"])
+    print(f"{'photo total':<14} {photo:>9.2f}   (prepare + encode + samm_pass)")
+    print(f"edit_original / gen_plain = "
+          f"{statistics.median(times['edit_original']) / statistics.median(times['gen_plain']):.2f}")
+    print(f"peak RSS {peak:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
