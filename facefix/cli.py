@@ -720,6 +720,48 @@ def align(
     raise typer.Exit(code)
 
 
+train_app = typer.Typer(help="Train facefix's models (SAMM).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("samm")
+def train_samm_cmd(
+    data: Annotated[Path, typer.Option("--data", help="Folder of FFHQ-aligned face images (searched recursively; "
+                                       "make one from raw photos with `facefix align`).", show_default=False)],
+    config: Annotated[Path | None, typer.Option("--config", help="TOML config; missing keys keep the official "
+                                                "E4E recipe (see examples/train_samm.toml).")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder: checkpoints samm_step*.pt "
+                                         "(usable as --samm), state for --resume, metrics, validation images.")
+                      ] = Path("facefix-train"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its newest state.")] = False,
+    generator: GeneratorOpt = None,
+    encoder: EncoderOpt = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides "
+                                                  "the config).", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step and process (overrides "
+                                                   "the config; the recipe uses 2).", min=1)] = None,
+    device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train SAMM (frozen e4e + StyleGAN2; trainable alignment/mask modules) on aligned faces.
+
+    One GPU: facefix train samm --data ffhq/ -o runs/samm. Several GPUs or machines: torchrun --nproc-per-node 8
+    -m facefix train samm --data ffhq/ -o runs/samm (rank 0 logs and saves). The result loads with
+    facefix edit --samm runs/samm/samm_latest.pt.
+    """
+    with _errors_to_exit(debug):
+        from facefix.train import load_config, train_samm
+
+        cfg = load_config(config, {"max_steps": max_steps, "batch_size": batch_size})
+        log = (lambda msg: None) if quiet else (lambda msg: typer.echo(msg, err=True))
+        final = train_samm(cfg, data, output, generator_path=generator, encoder_path=encoder, resume=resume,
+                           device=device, offline=True if offline else None, log=log)
+        if not quiet:
+            typer.echo(f"facefix: SAMM weights: {final}", err=True)
+
+
 weights_app = typer.Typer(help="Checkpoints: list what facefix can use, download, verify sha256, print paths.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")

@@ -1,0 +1,247 @@
+"""Training losses and validation metrics for SAMM (``shared/research/samm_spec.md`` §5.3, §7).
+
+- :class:`VGG19Features` / :class:`PerceptualLoss`: torchvision's ImageNet VGG19, features *before* ReLU at conv1_2,
+  conv2_2, conv3_4, conv4_4, conv5_4 (layer weights 0.1, 0.1, 1, 1, 1); L1 on the features (perceptual) and on
+  their Gram matrices ``F F^T / (C H W)`` (style), as BasicSR's ``PerceptualLoss`` computes them.
+- :class:`IRSE50` / :class:`IdentityLoss`: the ArcFace IR-SE50 ``Backbone(112, 50, 'ir_se')`` of pSp/e4e
+  (``model_ir_se50.pth``), ``1 - cos`` between the embeddings of the face crop of output and target.
+- :func:`mask_losses`: the SAMM mask terms (binary and area) over the active levels and the composed mask.
+- :func:`psnr`, :func:`ssim`: validation metrics on images in [-1,1].
+
+Both networks need weights that facefix does not download (torchvision's ``vgg19-dcbfe1b8.pth``, pSp's
+``model_ir_se50.pth``); :func:`load_vgg19` and :func:`load_ir_se50` read them from a path, strictly.
+
+Dimension letters: N batch, C channels, H W size, S image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from facefix.errors import WeightsError
+from facefix.models.encoders import ir_se_50_body
+from facefix.weights import safe_torch_load
+
+# torchvision ``vgg19().features`` up to conv5_4 (configuration "E"): numbers are conv widths, "M" max-pools.
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+VGG_LAYERS = {"conv1_2": 2, "conv2_2": 7, "conv3_4": 16, "conv4_4": 25, "conv5_4": 34}
+"""Layer name -> index in ``features`` (the conv itself, so the output is taken before its ReLU)."""
+VGG_LAYER_WEIGHTS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_keys(module: nn.Module, state: Mapping[str, Tensor], where: str, what: str) -> None:
+    """Strict load with a one-line WeightsError naming the first missing/unexpected/mis-shaped keys."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise WeightsError(f"{where}: not a {what} state dict ({'; '.join(parts)})")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WeightsError(f"{where}: {k} has shape {list(state[k].shape)}, a {what} needs {list(v.shape)}")
+    module.load_state_dict(state, strict=True)
+
+
+class VGG19Features(nn.Module):
+    """torchvision VGG19 ``features[:35]`` (key names ``features.N.*`` as in ``vgg19-dcbfe1b8.pth``).
+
+    forward: x [N,3,H,W] in [-1,1] -> {layer name: pre-ReLU feature [N,C,h,w]} for :data:`VGG_LAYERS`.
+    Inputs are mapped to [0,1] and ImageNet-normalised first (BasicSR ``range_norm`` + ``use_input_norm``).
+    """
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in _VGG19_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                # not inplace: the captured conv output must stay the pre-ReLU value
+                layers += [nn.Conv2d(in_ch, int(v), 3, padding=1), nn.ReLU()]
+                in_ch = int(v)
+        self.features = nn.Sequential(*layers[:max(VGG_LAYERS.values()) + 1])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = ((x + 1) / 2 - self.mean) / self.std
+        wanted = {i: name for name, i in VGG_LAYERS.items()}
+        out = {}
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        return out
+
+
+def load_vgg19(path: str | Path) -> VGG19Features:
+    """torchvision's ``vgg19-dcbfe1b8.pth`` (or any state dict with its ``features.*`` keys; ``classifier.*`` and
+    layers past conv5_4 are ignored) -> :class:`VGG19Features` in eval mode, no grad."""
+    state = safe_torch_load(path)
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
+    last = max(VGG_LAYERS.values())
+    kept = {k: v for k, v in state.items()
+            if k.startswith("features.") and k.split(".")[1].isdigit() and int(k.split(".")[1]) <= last}
+    model = VGG19Features()
+    _check_keys(model, kept, str(path), "torchvision VGG19")
+    return model.eval().requires_grad_(False)
+
+
+def gram(feat: Tensor) -> Tensor:
+    """[N,C,H,W] -> Gram matrix [N,C,C] / (C H W), in float32 (a float16 sum over H*W overflows at 1024 px)."""
+    n, c, h, w = feat.shape
+    f = feat.float().reshape(n, c, h * w)
+    with torch.autocast(feat.device.type, enabled=False):
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+class PerceptualLoss(nn.Module):
+    """BasicSR ``PerceptualLoss`` (L1 criterion): perceptual = sum_l w_l L1(phi_l(y), phi_l(x)) and
+    style = sum_l w_l L1(gram(phi_l(y)), gram(phi_l(x))); the target's features are computed without grad.
+
+    forward(y, x): y, x [N,3,H,W] in [-1,1] -> (perceptual, style), unweighted scalars.
+    """
+
+    def __init__(self, vgg: VGG19Features, layer_weights: Mapping[str, float] = VGG_LAYER_WEIGHTS):
+        super().__init__()
+        self.vgg = vgg
+        self.layer_weights = dict(layer_weights)
+
+    def forward(self, y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        fy = self.vgg(y)
+        with torch.no_grad():
+            fx = self.vgg(x.detach())
+        percep = sum(w * F.l1_loss(fy[k], fx[k]) for k, w in self.layer_weights.items())
+        style = sum(w * F.l1_loss(gram(fy[k]), gram(fx[k])) for k, w in self.layer_weights.items())
+        return percep, style  # type: ignore[return-value]
+
+
+class IRSE50(nn.Module):
+    """ArcFace IR-SE50 (TreB1eN/pSp ``Backbone(112, 50, 'ir_se')``; keys of ``model_ir_se50.pth``).
+
+    forward: x [N,3,112,112] in [-1,1] -> l2-normalised embedding [N,512].
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+        self.body = ir_se_50_body()
+        # BN, Dropout(0.4), Flatten, Linear, BN1d: indices match the file's output_layer.{0,3,4}.* keys
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.4), nn.Flatten(),
+                                          nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.output_layer(self.body(self.input_layer(x))), dim=1)
+
+
+def load_ir_se50(path: str | Path) -> IRSE50:
+    """pSp/e4e's ``model_ir_se50.pth`` (a plain ``Backbone`` state dict) -> :class:`IRSE50`, eval mode, no grad."""
+    state = safe_torch_load(path)
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path}: expected an IR-SE50 state dict, found {type(state).__name__}")
+    model = IRSE50()
+    _check_keys(model, state, str(path), "IR-SE50 (model_ir_se50.pth)")
+    return model.eval().requires_grad_(False)
+
+
+def face_crop(x: Tensor) -> Tensor:
+    """The ID loss's face region of an FFHQ-aligned [N,3,S,S] batch, pooled to [N,3,112,112].
+
+    Rows 35ss:-33ss, cols 32ss:-36ss with ss = S/256 (pSp's 35:223, 32:220 at 256; the official SAMM code's
+    140:-132, 128:-144 at 1024), then AdaptiveAvgPool2d(112).
+    """
+    s = x.shape[-1]
+    ss = s / 256
+    crop = x[:, :, round(35 * ss):s - round(33 * ss), round(32 * ss):s - round(36 * ss)]
+    return F.adaptive_avg_pool2d(crop, (112, 112))
+
+
+class IdentityLoss(nn.Module):
+    """mean(1 - cos(phi(y), phi(x))) over the batch, phi = IR-SE50 on :func:`face_crop`; x without grad.
+
+    forward(y, x): y, x [N,3,S,S] in [-1,1] -> scalar. :meth:`similarity` gives cos per image [N] (metric).
+    """
+
+    def __init__(self, net: IRSE50):
+        super().__init__()
+        self.net = net
+
+    def similarity(self, y: Tensor, x: Tensor) -> Tensor:
+        ey = self.net(face_crop(y))
+        with torch.no_grad():
+            ex = self.net(face_crop(x.detach()))
+        return (ey * ex).sum(dim=1)
+
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        return (1 - self.similarity(y, x)).mean()
+
+
+def mask_losses(aligns: Mapping[int, Tensor], mask: Tensor, tau: Mapping[int, float]) -> tuple[Tensor, Tensor]:
+    """SAMM's mask terms over the active levels and the composed mask (spec §5.3).
+
+    binary = sum_r mean(min(alpha_r, 1 - alpha_r)) (pushes alphas to 0 or 1);
+    area = sum_r relu(mean(alpha_r) - tau_r) (caps the out-of-domain fraction), means over the whole batch.
+
+    Args:
+        aligns: resolution -> [N,3,r,r] (dx, dy, alpha) of the levels that ran.
+        mask: composed mask A [N,1,S,S]; uses ``tau[1024]`` whatever S is (the official code's final mask key).
+        tau: resolution (32, 64, 128, 256, 1024) -> area threshold.
+    Returns:
+        (binary, area), unweighted scalars.
+    """
+    alphas = [(r, a[:, 2:3]) for r, a in sorted(aligns.items())] + [(1024, mask)]
+    binary = sum(torch.minimum(a, 1 - a).mean() for _, a in alphas)
+    area = sum(F.relu(a.mean() - tau[r]) for r, a in alphas)
+    return binary, area  # type: ignore[return-value]
+
+
+def _to_unit_u8(x: Tensor) -> Tensor:
+    """[-1,1] -> [0,1] quantised as the saved PNG is (round((x + 1) * 127.5) / 255), float32."""
+    return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255) / 255
+
+
+def psnr(y: Tensor, x: Tensor) -> Tensor:
+    """PSNR in dB per image [N] of y vs x ([N,3,H,W] in [-1,1], compared as the 8-bit images they save to)."""
+    mse = (_to_unit_u8(y) - _to_unit_u8(x)).pow(2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-coords.pow(2) / (2 * sigma**2))
+    return (g / g.sum()).float()
+
+
+def ssim(y: Tensor, x: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """SSIM per image [N] of y vs x ([N,3,H,W] in [-1,1], compared as 8-bit images), RGB channels averaged.
+
+    Wang et al. 2004 as skimage (``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``) and BasicSR
+    compute it: gaussian window 11, sigma 1.5, 'valid' filtering (no padding), C1 = 0.01^2, C2 = 0.03^2 on [0,1].
+    """
+    a, b = _to_unit_u8(y).double(), _to_unit_u8(x).double()
+    c = a.shape[1]
+    g = _gaussian_window(window, sigma).double().to(a.device)
+    kh, kw = g.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), g.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1)
+
+    def blur(t: Tensor) -> Tensor:  # separable gaussian, per channel, valid
+        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a.pow(2)
+    var_b = blur(b * b) - mu_b.pow(2)
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3)).float()
+
