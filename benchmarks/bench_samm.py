@@ -12,8 +12,9 @@ the weight values):
   edit_edited    one edit with --mask-from edited (a full SAMM pass on the edited code, as the paper)
   edit_original  one edit with --mask-from original (replays the inversion's flows and masks: generator + warps)
 FLOPs (``shared/research/samm_spec.md`` §3.3): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
-Peak RSS is the process high-water mark after the models are built (models built on the meta device and filled
-with ``assign=True``, as the checkpoint loader does, so weights are resident once).
+Peak RSS is the process high-water mark during the timed rounds (reset after a warm-up round via
+/proc/self/clear_refs); models are built on the meta device and filled with ``assign=True``, as the checkpoint
+loader does, so weights are resident once.
 """
 
 from __future__ import annotations
@@ -52,6 +53,27 @@ def _build(cycle_align: int):
     return FacefixPipeline(gen, enc, latent_avg([512], 900).expand(18, 512).clone(), samm=samm)
 
 
+def _reset_peak() -> None:
+    """Reset the kernel's RSS high-water mark (Linux), so a peak covers only what follows."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _rss_gb(field: str = "VmHWM") -> float:
+    """VmHWM (peak since the last reset) or VmRSS (now), GB; falls back to ru_maxrss off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -70,7 +92,7 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = _build(args.cycle_align)
     build_s = time.perf_counter() - t0
-    rss_models = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    rss_models = _rss_gb("VmRSS")
 
     from PIL import Image
 
@@ -91,16 +113,20 @@ def main() -> None:
     SAMMBlock.forward = timed_forward  # type: ignore[method-assign]
     times: dict[str, list[float]] = defaultdict(list)
 
+    hwm: dict[str, float] = {}
+
     @contextmanager
     def clock(name):
         t = time.perf_counter()
         yield
         times[name].append(time.perf_counter() - t)
+        hwm[name] = _rss_gb()
 
     for rep in range(args.repeats + 1):  # the first round warms up oneDNN and the allocator, not reported
         if rep == 1:
             times.clear()
             level_times.clear()
+            _reset_peak()
         with clock("prepare"):
             x, x256 = pipe.prepare(crop)
         with clock("encode"):
@@ -114,16 +140,16 @@ def main() -> None:
             pipe.render(x, inv, w_plus=w_edit, mask="samm")
         with clock("edit_original"):
             pipe.render(x, inv, w_plus=w_edit, mask="samm", reference=ref)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = _rss_gb()
     # level times: samm_pass and edit_edited each ran every level once per round
     per_level = {r: statistics.median(v) for r, v in sorted(level_times.items())}
 
     print(f"threads {args.threads}, cycle_align {args.cycle_align}, repeats {args.repeats}, allocator "
           f"{'glibc + facefix mallopt' if tuned else 'glibc default'}; models built in {build_s:.1f} s, "
-          f"RSS with models {rss_models:.2f} GB")
-    print(f"{'stage':<14} {'median s':>9}")
+          f"RSS with models {rss_models:.2f} GB (peak columns: after a warm-up round, high-water mark reset)")
+    print(f"{'stage':<14} {'median s':>9} {'peak RSS GB so far':>19}")
     for name, v in times.items():
-        print(f"{name:<14} {statistics.median(v):>9.2f}")
+        print(f"{name:<14} {statistics.median(v):>9.2f} {hwm[name]:>19.2f}")
         if name == "samm_pass":
             for r, s in per_level.items():
                 print(f"  samm_{r:<7} {s:>9.2f}")
