@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -353,11 +354,25 @@ def _save_gif(path: Path, frames: list[Any], ms: int = 250) -> None:
                                              loop=0), what="animation")
 
 
-def _process(pipe, spec: _RunSpec, mask_mode: str, detector_box: list[Any]) -> Callable[[InputFile, InputReport],
-                                                                                          None]:
+@dataclass
+class _Loaded:
+    """An input after the CPU-side stages (decode, detect, align), ready for the models."""
+
+    photo: Any
+    alignments: list[Any]
+    crops: list[Any]
+    landmarks: Any  # [n,68,2] crop px, or None when the mask does not need them
+    timings: dict[str, float]
+
+
+def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Callable[[InputFile, InputReport],
+                                                                                       None]:
     """The per-input job of invert and edit: load, align, encode once, render the inversion and every edit
     variant, paste back, write. Outputs are planned first, so existing ones are skipped and inputs never
-    overwritten."""
+    overwritten.
+
+    Decoding, detection and alignment of the next input run in a background thread while the models work on the
+    current one (PIL, dlib's C++ and torch release the GIL); only that thread uses the dlib detector."""
     import numpy as np
     import torch
 
@@ -371,22 +386,49 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, detector_box: list[Any]) -> C
 
     out = spec.output
     editing = bool(spec.variants)
+    detector_box: list[FaceDetector] = []
+    position = {item: i for i, item in enumerate(items)}
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefix-load")
+    pending: dict[InputFile, Future] = {}
 
     def detector() -> FaceDetector:
         if not detector_box:
             detector_box.append(FaceDetector())
         return detector_box[0]
 
+    def load(item: InputFile) -> _Loaded:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        photo = load_image(item.path)
+        t1 = time.perf_counter()
+        timings["load"] = round(t1 - t0, 3)
+        landmarks = None
+        if spec.aligned:
+            alignments, crops = [None], [_as_aligned_crop(photo.rgb, item.path)]
+            if mask_mode == "face":
+                landmarks = np.stack([detect_faces(c, detector(), "best", f"{item.path} (aligned crop)")[0]
+                                      .landmarks for c in crops])
+        else:
+            found = detect_faces(photo.rgb, detector(), spec.which_face, str(item.path))
+            alignments = [align_face(photo.rgb, f) for f in found]
+            crops = [a.crop for a in alignments]
+            if mask_mode == "face":
+                landmarks = np.stack([_crop_landmarks(a) for a in alignments])
+        timings["detect"] = round(time.perf_counter() - t1, 3)
+        return _Loaded(photo, alignments, crops, landmarks, timings)
+
+    def loaded(item: InputFile) -> _Loaded:
+        """This input's CPU stages (already running if prefetched); starts the next input's."""
+        fut = pending.pop(item, None) or pool.submit(load, item)
+        nxt = position.get(item, -1) + 1
+        if 0 < nxt < len(items) and items[nxt] not in pending:
+            pending[items[nxt]] = pool.submit(load, items[nxt])
+        return fut.result()
+
     def work(item: InputFile, rep: InputReport) -> None:
-        with rep.stage("load"):
-            photo = load_image(item.path)
-        with rep.stage("detect"):
-            if spec.aligned:
-                alignments, crops = [None], [_as_aligned_crop(photo.rgb, item.path)]
-            else:
-                found = detect_faces(photo.rgb, detector(), spec.which_face, str(item.path))
-                alignments = [align_face(photo.rgb, f) for f in found]
-                crops = [a.crop for a in alignments]
+        got = loaded(item)
+        rep.timings.update(got.timings)
+        photo, alignments, crops, landmarks = got.photo, got.alignments, got.crops, got.landmarks
         n = len(crops)
         tags = [f"_face{spec.which_face if isinstance(spec.which_face, int) else k}" if n > 1 or
                 isinstance(spec.which_face, int) else "" for k in range(n)]
@@ -415,14 +457,6 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, detector_box: list[Any]) -> C
             return
         base.parent.mkdir(parents=True, exist_ok=True)
 
-        landmarks = None
-        if mask_mode == "face":
-            with rep.stage("detect"):
-                if spec.aligned:
-                    landmarks = np.stack([detect_faces(c, detector(), "best", f"{item.path} (aligned crop)")[0]
-                                          .landmarks for c in crops])
-                else:
-                    landmarks = np.stack([_crop_landmarks(a) for a in alignments])
         rng = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
         # results[j][k]: uint8 [R,R,3] of variant j, face k; masks[j][k] float [R,R] (1 = input pixel) or None
         inv_imgs: list[Any] = []
@@ -515,7 +549,7 @@ def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any],
     if spec.latent is not None and mask_mode == "samm" and pipe.encoder_type != "e4e":
         raise UsageError("--latent with SAMM needs --encoder-type e4e (ReStyle's SAMM features depend on its "
                          "iterations, which a saved code does not record)")
-    work = _process(pipe, spec, mask_mode, [])
+    work = _process(pipe, spec, mask_mode, items)
     options = {"aligned": spec.aligned, "face": str(spec.which_face), "encoder_type": pipe.encoder_type,
                "mask": mask_mode, "mask_from": spec.mask_from, "samm": str(model["samm"]) if model["samm"] else None,
                "device": str(pipe.device), "resolution": spec.out_res, "seed": spec.seed, "shard": shard,
