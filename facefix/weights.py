@@ -660,10 +660,15 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
         return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
+        match = _GLOBAL_RE.search(msg)
+        if match and ("weights only" in msg.lower() or "weights_only" in msg):
+            raise WeightsError(f"{p}: refusing to load: the file contains pickled code ({match.group(1)})") from err
         if "weights only" in msg.lower() or "weights_only" in msg:
-            match = _GLOBAL_RE.search(msg)
-            what = match.group(1) if match else msg.strip().splitlines()[-1][:120]
-            raise WeightsError(f"{p}: refusing to load: the file contains pickled code ({what})") from err
+            # The restricted unpickler stopped before naming a global: random bytes, or a plain pickle (protocol
+            # framing torch.save does not use) that may carry code. Either way it is refused, and both are said.
+            detail = next((ln.strip() for ln in msg.splitlines() if ln.strip().startswith("Unsupported")), "")
+            raise WeightsError(f"{p}: refusing to load: corrupt file, or pickled code that is not plain weights"
+                               f"{f' ({detail})' if detail else ''}") from err
         raise WeightsError(
             f"{p}: corrupt or truncated checkpoint ({msg.strip().splitlines()[0][:160]})"
         ) from err

@@ -103,7 +103,7 @@ def _evil_file(path):
     (lambda p: torch.save(torch.ones(512, dtype=torch.int64), p), "expected float"),
     (lambda p: torch.save({"direction": torch.randn(512)}, p), "found dict"),
     (_evil_file, "pickled code"),
-    (lambda p: p.write_bytes(b"not a pickle at all"), "refusing|corrupt"),  # weights.py calls it pickled code
+    (lambda p: p.write_bytes(b"not a pickle at all"), "refusing|corrupt"),
 ])
 def test_malformed_direction_pt(tmp_path, make, match):
     path = tmp_path / "bad.pt"
