@@ -52,6 +52,9 @@ def generator_channels(channel_multiplier: int = 2) -> dict[int, int]:
     return {r: ch[r] for r in RESOLUTIONS}
 
 
+WINOGRAD_MIN_CHANNELS = 64
+
+
 def _winograd_enabled() -> bool:
     return os.environ.get("FACEFIX_WINOGRAD", "1") != "0"
 
@@ -71,8 +74,9 @@ class Conv3x3(nn.Conv2d):
         self._wino: tuple[tuple[int, int, torch.device], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        # Thin convs (AlignNet's 2C -> 3 head) are memory-bound: the tile transforms would cost more than they save.
         if torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or \
-                not _winograd_enabled():
+                min(self.in_channels, self.out_channels) < WINOGRAD_MIN_CHANNELS or not _winograd_enabled():
             return super().forward(x)
         key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
         if self._wino is None or self._wino[0] != key:  # transformed once per weight version

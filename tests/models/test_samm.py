@@ -250,13 +250,14 @@ def test_winograd_conv_equals_direct_conv(shape, monkeypatch):
 def test_conv3x3_uses_direct_conv_for_training_and_follows_weight_updates():
     from facefix.models.samm import Conv3x3
 
-    conv = Conv3x3(4, 3, bias=True)
-    x = torch.randn(1, 4, 6, 6)
+    conv = Conv3x3(64, 64, bias=True)  # wide enough for the Winograd path
+    x = torch.randn(1, 64, 6, 6)
     y = conv(x)  # grad enabled: plain conv, differentiable
     y.sum().backward()
-    assert conv.weight.grad is not None
+    assert conv.weight.grad is not None and conv._wino is None
     with torch.no_grad():
         fast = conv(x)
+        assert conv._wino is not None  # the Winograd path ran
         assert (fast - y).abs().max() < 1e-5
         conv.weight.mul_(2)  # an in-place update (an optimizer step) invalidates the cached transform
         assert (conv(x) - conv._conv_forward(x, conv.weight, conv.bias)).abs().max() < 1e-5
