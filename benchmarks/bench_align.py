@@ -10,22 +10,11 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from timing import best_of  # benchmarks/timing.py (this folder is on sys.path)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -15,20 +15,10 @@ import argparse
 import resource
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
-
-
-def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+from timing import best_of  # benchmarks/timing.py (this folder is on sys.path)
 
 
 def write_mapper(path: Path) -> None:
