@@ -242,6 +242,14 @@ class Alignment:
     padded: bool = False
     landmarks: np.ndarray | None = field(default=None, repr=False)
 
+    def crop_landmarks(self) -> np.ndarray:
+        """The 68 landmarks mapped into the crop's px (x, y), float32 [68,2] (``crop_from_photo`` applied)."""
+        if self.landmarks is None:
+            raise ValueError("this alignment has no landmarks")
+        lm = np.asarray(self.landmarks, dtype=np.float64)
+        pts = np.c_[lm, np.ones(len(lm))] @ np.asarray(self.crop_from_photo).T
+        return (pts[:, :2] / pts[:, 2:3]).astype(np.float32)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable geometry (not the pixels)."""
         return {

@@ -321,13 +321,9 @@ def _resolve_mask_mode(pipe, spec: _RunSpec, quiet: bool) -> str:
     return mode
 
 
-def _crop_landmarks(al) -> Any:
-    """An alignment's 68 landmarks in its crop's px (x, y), float32 [68,2]."""
-    import numpy as np
-
-    lm = np.asarray(al.landmarks, dtype=np.float64)
-    pts = np.c_[lm, np.ones(len(lm))] @ np.asarray(al.crop_from_photo).T
-    return (pts[:, :2] / pts[:, 2:3]).astype(np.float32)
+def _mask_np(out: Any, k: int) -> Any:
+    """Face k's mask of a PipelineOutput as float32 [R,R] (1 = input pixel), or None without a mask."""
+    return None if out.mask is None else out.mask[k, 0].float().cpu().numpy()
 
 
 def _grid(tiles: list[Any], size: int = 256) -> Any:
@@ -413,7 +409,7 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
             alignments = [align_face(photo.rgb, f) for f in found]
             crops = [a.crop for a in alignments]
             if mask_mode == "face":
-                landmarks = np.stack([_crop_landmarks(a) for a in alignments])
+                landmarks = np.stack([a.crop_landmarks() for a in alignments])
         timings["detect"] = round(time.perf_counter() - t1, 3)
         return _Loaded(photo, alignments, crops, landmarks, timings)
 
@@ -437,18 +433,20 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
         labels = [safe_label(v.label) for v in variants] if spec.sweep else [""]
         photo_suffix = suffix_for(photo)
 
+        def face_path(k: int, suffix: str) -> Path:
+            return Path(f"{base}{tags[k]}{suffix}")
+
         def main_path(k: int, j: int) -> Path:
             lab = f"_{labels[j]}" if spec.sweep else ""
-            return Path(f"{base}{lab}{photo_suffix}") if spec.paste else Path(f"{base}{tags[k]}{lab}.png")
+            return Path(f"{base}{lab}{photo_suffix}") if spec.paste else face_path(k, f"{lab}.png")
 
         planned = sorted({main_path(k, j) for k in range(n) for j in range(len(variants))}, key=str)
         extra_files = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
         for key, suffix in extra_files.items():
             if key in spec.extras and not (key == "aligned" and spec.aligned):
-                planned += [Path(f"{base}{tags[k]}{suffix}") for k in range(n)]
+                planned += [face_path(k, suffix) for k in range(n)]
         if spec.sweep:
-            planned += [Path(f"{base}{tags[k]}.sweep.png") for k in range(n)]
-            planned += [Path(f"{base}{tags[k]}.sweep.gif") for k in range(n)]
+            planned += [face_path(k, suffix) for suffix in (".sweep.png", ".sweep.gif") for k in range(n)]
         if any(p.resolve() == item.path.resolve() for p in planned):
             raise UsageError(f"{item.path}: an output would overwrite the input; choose another -o")
         rep.faces, rep.outputs = n, [str(p) for p in planned]
@@ -473,7 +471,7 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
                     src = spec.latent if spec.latent.is_file() else None
                     ws = []
                     for k in range(sl.start, sl.stop):
-                        f = src or spec.latent / f"{item.key}{tags[k]}.latent.pt"
+                        f = src or spec.latent / f"{item.key}{tags[k]}{extra_files['latent']}"
                         w = load_latent(f, pipe.generator.n_latent, pipe.generator.style_dim)
                         if w.shape[0] != 1:
                             raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
@@ -502,10 +500,10 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
             for k in range(sl.stop - sl.start):
                 if ref is not None:
                     inv_imgs.append(to_uint8(ref.image[k].cpu()))
-                    ref_masks.append(None if ref.mask is None else ref.mask[k, 0].float().cpu().numpy())
+                    ref_masks.append(_mask_np(ref, k))
                 for j, o in enumerate(outs):
                     results[j].append(to_uint8(o.image[k].cpu()))
-                    masks[j].append(None if o.mask is None else o.mask[k, 0].float().cpu().numpy())
+                    masks[j].append(_mask_np(o, k))
                 w_saved.append(inv.w_plus[k:k + 1].cpu())
 
         with rep.stage("write"):
@@ -519,22 +517,22 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
                         save_image(main_path(k, j), results[j][k])
             for k in range(n):
                 if "aligned" in spec.extras and not spec.aligned:
-                    save_image(Path(f"{base}{tags[k]}.aligned.png"), crops[k])
+                    save_image(face_path(k, ".aligned.png"), crops[k])
                 if "latent" in spec.extras:
-                    save_latent(Path(f"{base}{tags[k]}.latent.pt"), w_saved[k])
+                    save_latent(face_path(k, ".latent.pt"), w_saved[k])
                 m = ref_masks[k] if ref_masks else masks[0][k]
                 m_img = np.zeros(crops[k].shape[:2], np.uint8) if m is None else \
                     np.clip(np.round(m * 255), 0, 255).astype(np.uint8)
                 if "mask" in spec.extras:
-                    save_image(Path(f"{base}{tags[k]}.mask.png"), np.repeat(m_img[..., None], 3, axis=2))
+                    save_image(face_path(k, ".mask.png"), np.repeat(m_img[..., None], 3, axis=2))
                 if "grid" in spec.extras:
                     tiles = [crops[k], inv_imgs[k], m_img] + ([results[j][k] for j in range(len(variants))]
                                                              if editing else [])
-                    save_image(Path(f"{base}{tags[k]}.grid.png"), _grid(tiles))
+                    save_image(face_path(k, ".grid.png"), _grid(tiles))
                 if spec.sweep:
                     frames = [_grid([results[j][k]]) for j in range(len(variants))]
-                    save_image(Path(f"{base}{tags[k]}.sweep.png"), np.concatenate(frames, axis=1))
-                    _save_gif(Path(f"{base}{tags[k]}.sweep.gif"), frames)
+                    save_image(face_path(k, ".sweep.png"), np.concatenate(frames, axis=1))
+                    _save_gif(face_path(k, ".sweep.gif"), frames)
 
     return work
 

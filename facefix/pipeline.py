@@ -75,6 +75,11 @@ def faces_to_tensor(crops: Sequence[np.ndarray] | np.ndarray) -> Tensor:
     return (x - 0.5) * 2
 
 
+def _bilinear_256(x: Tensor) -> Tensor:
+    """[N,3,S,S] -> [N,3,256,256], bilinear without antialias (the official SAMM code's encoder input)."""
+    return F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
+
+
 def encoder_input(crops: Sequence[np.ndarray] | np.ndarray, resize: str = "pil") -> Tensor:
     """Aligned crops -> encoder input [N,3,256,256] in [-1,1].
 
@@ -86,8 +91,7 @@ def encoder_input(crops: Sequence[np.ndarray] | np.ndarray, resize: str = "pil")
     from PIL import Image
 
     if resize == "bilinear":
-        x = faces_to_tensor(crops)
-        return F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
+        return _bilinear_256(faces_to_tensor(crops))
     if resize != "pil":
         raise ValueError(f"resize must be pil or bilinear, got {resize!r}")
     out = []
@@ -230,10 +234,7 @@ class FacefixPipeline:
     def prepare(self, crops: Sequence[np.ndarray] | np.ndarray) -> tuple[Tensor, Tensor]:
         """uint8 crops -> (x [N,3,S,S] in [-1,1] for blending, x256 [N,3,256,256] for the encoder), on device."""
         x = faces_to_tensor(crops)
-        if self.input_resize == "bilinear":
-            x256 = F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
-        else:
-            x256 = encoder_input(crops, "pil")
+        x256 = _bilinear_256(x) if self.input_resize == "bilinear" else encoder_input(crops, "pil")
         return x.to(self.device), x256.to(self.device)
 
     def average_image(self) -> Tensor:
@@ -310,6 +311,7 @@ class FacefixPipeline:
         size = out_res or self.generator.size
         noise = self.generator.random_noise(w.shape[0], generator) if generator is not None else None
         aligns: dict[int, Tensor] = {}
+        reused = reference.mask if reference is not None else None
         alpha: Tensor | None = None
         if mode == "samm":
             assert self.samm is not None
@@ -321,8 +323,7 @@ class FacefixPipeline:
                 hook = self.samm.feature_hook(self.samm.project(inversion.features), trace, cycle_align)
                 aligns = trace.aligns
             gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
-            alpha = reference.mask if reference is not None and reference.mask is not None else \
-                compose_mask(aligns, size)
+            alpha = reused if reused is not None else compose_mask(aligns, size)
         else:
             gen = self.generator.synthesis(w, noise=noise, out_res=out_res)
         x = x.to(self.device, gen.dtype)
@@ -330,8 +331,8 @@ class FacefixPipeline:
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if mode == "error":
-            if reference is not None and reference.mask is not None:
-                alpha = reference.mask
+            if reused is not None:
+                alpha = reused
             else:
                 unedited = gen if w_plus is None else self.generator.synthesis(
                     inversion.w_plus.to(self.device), noise=noise, out_res=out_res)
