@@ -15,6 +15,7 @@ first offending keys. Two known variants of the public files are tolerated:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ class LoadedGenerator:
 
 @dataclass
 class LoadedEncoder:
-    """An encoder checkpoint: the encoder, its ``latent_avg`` [18,512] and the decoder it was trained with."""
+    """An encoder checkpoint: the encoder, its ``latent_avg`` [L,512] and the decoder it was trained with (None when
+    not asked for; ``generator_size`` still says which generator the codes are for)."""
 
     encoder: Encoder4Editing | ReStyleEncoder
     latent_avg: Tensor
-    generator: Generator
+    generator: Generator | None
+    generator_size: int
     kind: str  # "e4e" | "restyle"
 
 
@@ -190,12 +193,12 @@ def encoder_from_state(enc_state: Mapping[str, Tensor], n_styles: int, where: st
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
-                 fpn_upsample: str = "bilinear", cache: bool = False) -> LoadedEncoder:
+                 fpn_upsample: str = "bilinear", cache: bool = False, with_generator: bool = True) -> LoadedEncoder:
     """Load ``e4e_ffhq_encode.pt`` or ``restyle_e4e_ffhq_encode.pt`` (``{'state_dict', 'opts', 'latent_avg', ...}``).
 
     Unknown top-level keys (optimizer, discriminator, global_step) are ignored. The file's decoder is returned too,
-    so a user who passes only ``--encoder`` still gets a generator, and a separate ``--generator`` can be checked
-    against it. ``cache``: as in :func:`load_generator`.
+    so a user who passes only ``--encoder`` still gets a generator; ``with_generator=False`` (a separate
+    ``--generator`` is used) drops it, which frees its ~130 MB at 1024 px. ``cache``: as in :func:`load_generator`.
     """
     where = str(path)
     ckpt = _read(path, map_location, cache)
@@ -205,10 +208,12 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
     enc_state, dec_state = e4e_key_filter(_as_state(ckpt["state_dict"], where))
     if not enc_state:
         raise WeightsError(f"{where}: no encoder.* weights in state_dict")
-    generator = generator_from_state(dec_state, where)
-    encoder, kind = encoder_from_state(enc_state, generator.n_latent, where, fpn_upsample)
-    avg = _latent_avg_wplus(ckpt.get("latent_avg"), generator.n_latent, where)
-    return LoadedEncoder(encoder, avg, generator, kind)
+    generator = generator_from_state(dec_state, where) if with_generator else None
+    size = infer_generator_config(dec_state, where)["size"]
+    n_latent = 2 * int(math.log2(size)) - 2
+    encoder, kind = encoder_from_state(enc_state, n_latent, where, fpn_upsample)
+    avg = _latent_avg_wplus(ckpt.get("latent_avg"), n_latent, where)
+    return LoadedEncoder(encoder, avg, generator, size, kind)
 
 
 SAMM_FORMAT = "facefix-samm"

@@ -208,7 +208,7 @@ class FacefixPipeline:
         enc_name = "e4e" if encoder_type == "e4e" else "restyle_e4e"
         enc_path = weights.resolve(enc_name, override=encoder, offline=offline)
         # Files from the manifest (downloaded pickles) get a safetensors copy: later runs memory-map it.
-        loaded = checkpoints.load_encoder(enc_path, cache=encoder is None)
+        loaded = checkpoints.load_encoder(enc_path, cache=encoder is None, with_generator=generator is None)
         if loaded.kind != encoder_type:
             raise UsageError(f"{enc_path}: this file holds a {loaded.kind} encoder, "
                              f"but --encoder-type is {encoder_type}")
@@ -217,9 +217,10 @@ class FacefixPipeline:
             gen_path = weights.resolve("stylegan2", override=generator, offline=offline)
             lg = checkpoints.load_generator(gen_path)
             gen, gen_avg = lg.generator, lg.latent_avg
-            if gen.n_latent != loaded.generator.n_latent:
+            if gen.size != loaded.generator_size:
                 raise UsageError(f"{generator}: a {gen.size}px generator does not fit the encoder's "
-                                 f"{loaded.generator.size}px codes")
+                                 f"{loaded.generator_size}px codes")
+        assert gen is not None
         latent_avg, samm_model = loaded.latent_avg, None
         if samm is not None:
             samm_model = checkpoints.load_samm(weights.resolve("samm", override=samm, offline=offline), gen,

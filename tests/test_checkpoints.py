@@ -89,6 +89,12 @@ def test_e4e_file_gives_encoder_decoder_and_latent_avg(e4e64_file):
         close(loaded.generator.synthesis(torch.from_numpy(d["wplus"])), d["img"])
     assert not any(p.requires_grad for p in loaded.encoder.parameters())
     assert not loaded.encoder.training
+    # a separate --generator: the file's decoder is not built, the encoder and its codes are the same
+    slim = load_encoder(e4e64_file, with_generator=False)
+    assert slim.generator is None and slim.generator_size == 64
+    assert torch.equal(slim.latent_avg, loaded.latent_avg)
+    assert all(torch.equal(a, b) for a, b in zip(slim.encoder.state_dict().values(),
+                                                  loaded.encoder.state_dict().values(), strict=True))
 
 
 def test_restyle_file_is_recognised(tmp_path):

