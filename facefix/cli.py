@@ -256,8 +256,11 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existin
                                             "whose outputs all exist, so a re-run resumes).")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: process only the I-th (0-based) of N "
                                               "deterministic parts of the inputs (job arrays).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Faces per model batch (faces of one photo are "
-                                       "batched together).", min=1)]
+BatchOpt = Annotated[int | None, typer.Option(
+    "--batch-size", help="Faces per model call: the faces of up to N consecutive photos are encoded and rendered "
+    "together. Default: 4 on a GPU, 1 on the CPU (no faster per image there, and memory grows with N). Results "
+    "depend on N in the last bits only; a resumed run with the same N writes the same bytes.", min=1,
+    show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the run report as JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Full tracebacks.")]
@@ -277,7 +280,7 @@ class _RunSpec:
     out_res: int
     seed: int | None
     overwrite: bool
-    batch_size: int
+    batch_size: int | None  # None: 4 on a GPU, 1 on the CPU
     cycle_align: int | None
     latent: Path | None = None
     variants: list[Any] = field(default_factory=list)  # facefix.edits.Variant; empty for invert
@@ -361,14 +364,48 @@ class _Loaded:
     timings: dict[str, float]
 
 
+@dataclass
+class _Job:
+    """One input of a batch group: its CPU-side data, planned outputs and, once its group ran, its results.
+
+    Per face k and variant j: ``results[j][k]`` uint8 [R,R,3]; ``masks[j][k]`` float [R,R] (1 = input pixel) or
+    None; ``inv_imgs[k]``/``ref_masks[k]`` the unedited rendering (what --save mask and the grid show);
+    ``w_saved[k]`` the inversion [1,L,D]."""
+
+    item: InputFile
+    got: _Loaded
+    tags: list[str]
+    photo_suffix: str
+    planned: list[Path]
+    complete: bool
+    latents: list[Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    results: list[list[Any]] = field(default_factory=list)
+    masks: list[list[Any]] = field(default_factory=list)
+    inv_imgs: list[Any] = field(default_factory=list)
+    ref_masks: list[Any] = field(default_factory=list)
+    w_saved: list[Any] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.got.crops)
+
+
 def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Callable[[InputFile, InputReport],
                                                                                        None]:
     """The per-input job of invert and edit: load, align, encode once, render the inversion and every edit
     variant, paste back, write. Outputs are planned first, so existing ones are skipped and inputs never
     overwritten.
 
-    Decoding, detection and alignment of the next input run in a background thread while the models work on the
-    current one (PIL, dlib's C++ and torch release the GIL); only that thread uses the dlib detector."""
+    Batching: inputs are taken in consecutive groups of ``--batch-size`` (by position in the input list), and
+    the faces of a group are encoded and rendered together, up to ``batch_size`` faces per model call. Batched
+    float arithmetic differs from batch 1 in the last bits, so groups depend only on the input list: a group with
+    any work left is computed whole (its finished inputs are recomputed, not rewritten), and a resumed run writes
+    the same bytes as an uninterrupted one.
+
+    Decoding, detection and alignment of the next inputs run in a background thread while the models work on the
+    current group (PIL, dlib's C++ and torch release the GIL); only that thread uses the dlib detector."""
     import numpy as np
     import torch
 
@@ -382,10 +419,15 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
 
     out = spec.output
     editing = bool(spec.variants)
+    variants = spec.variants or [None]
+    labels = [safe_label(v.label) for v in variants] if spec.sweep else [""]
+    extra_files = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
+    size = spec.batch_size or 1
     detector_box: list[FaceDetector] = []
     position = {item: i for i, item in enumerate(items)}
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefix-load")
     pending: dict[InputFile, Future] = {}
+    group_jobs: dict[int, dict[InputFile, _Job | Exception]] = {}
 
     def detector() -> FaceDetector:
         if not detector_box:
@@ -414,125 +456,152 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
         return _Loaded(photo, alignments, crops, landmarks, timings)
 
     def loaded(item: InputFile) -> _Loaded:
-        """This input's CPU stages (already running if prefetched); starts the next input's."""
+        """This input's CPU stages (already running if prefetched); starts those of the next ``size`` inputs."""
         fut = pending.pop(item, None) or pool.submit(load, item)
-        nxt = position.get(item, -1) + 1
-        if 0 < nxt < len(items) and items[nxt] not in pending:
-            pending[items[nxt]] = pool.submit(load, items[nxt])
+        at = position[item]
+        for nxt in items[at + 1: at + 1 + size]:
+            if nxt not in pending:
+                pending[nxt] = pool.submit(load, nxt)
         return fut.result()
 
-    def work(item: InputFile, rep: InputReport) -> None:
+    def face_path(job: _Job, k: int, suffix: str) -> Path:
+        return Path(f"{out / job.item.key}{job.tags[k]}{suffix}")
+
+    def main_path(job: _Job, k: int, j: int) -> Path:
+        lab = f"_{labels[j]}" if spec.sweep else ""
+        return Path(f"{out / job.item.key}{lab}{job.photo_suffix}") if spec.paste else face_path(job, k, f"{lab}.png")
+
+    def plan(item: InputFile) -> _Job:
+        """Load an input, name its outputs, read its saved codes (--latent)."""
         got = loaded(item)
-        rep.timings.update(got.timings)
-        photo, alignments, crops, landmarks = got.photo, got.alignments, got.crops, got.landmarks
-        n = len(crops)
+        n = len(got.crops)
         tags = [f"_face{spec.which_face if isinstance(spec.which_face, int) else k}" if n > 1 or
                 isinstance(spec.which_face, int) else "" for k in range(n)]
-        base = out / item.key
-        variants = spec.variants or [None]
-        labels = [safe_label(v.label) for v in variants] if spec.sweep else [""]
-        photo_suffix = suffix_for(photo)
-
-        def face_path(k: int, suffix: str) -> Path:
-            return Path(f"{base}{tags[k]}{suffix}")
-
-        def main_path(k: int, j: int) -> Path:
-            lab = f"_{labels[j]}" if spec.sweep else ""
-            return Path(f"{base}{lab}{photo_suffix}") if spec.paste else face_path(k, f"{lab}.png")
-
-        planned = sorted({main_path(k, j) for k in range(n) for j in range(len(variants))}, key=str)
-        extra_files = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
+        job = _Job(item, got, tags, suffix_for(got.photo), [], False, [], dict(got.timings))
+        planned = sorted({main_path(job, k, j) for k in range(n) for j in range(len(variants))}, key=str)
         for key, suffix in extra_files.items():
             if key in spec.extras and not (key == "aligned" and spec.aligned):
-                planned += [face_path(k, suffix) for k in range(n)]
+                planned += [face_path(job, k, suffix) for k in range(n)]
         if spec.sweep:
-            planned += [face_path(k, suffix) for suffix in (".sweep.png", ".sweep.gif") for k in range(n)]
+            planned += [face_path(job, k, suffix) for suffix in (".sweep.png", ".sweep.gif") for k in range(n)]
         if any(p.resolve() == item.path.resolve() for p in planned):
             raise UsageError(f"{item.path}: an output would overwrite the input; choose another -o")
-        rep.faces, rep.outputs = n, [str(p) for p in planned]
-        if not spec.overwrite and all(p.exists() for p in planned):
+        job.planned, job.complete = planned, all(p.exists() for p in planned)
+        if spec.latent is not None:
+            src = spec.latent if spec.latent.is_file() else None
+            for k in range(n):
+                f = src or spec.latent / f"{item.key}{tags[k]}{extra_files['latent']}"
+                w = load_latent(f, pipe.generator.n_latent, pipe.generator.style_dim)
+                if w.shape[0] != 1:
+                    raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
+                job.latents.append(w)
+        job.results, job.masks = [[None] * n for _ in variants], [[None] * n for _ in variants]
+        job.inv_imgs, job.ref_masks, job.w_saved = [None] * n, [None] * n, [None] * n
+        return job
+
+    def compute(chunk: list[tuple[_Job, int]]) -> None:
+        """Encode and render faces (job, k) as one batch; fills the jobs' results and encode/render timings."""
+        x, x256 = pipe.prepare([job.got.crops[k] for job, k in chunk])
+        lms = None if mask_mode != "face" else np.stack([job.got.landmarks[k] for job, k in chunk])
+        t0 = time.perf_counter()
+        if spec.latent is not None:
+            feats = pipe.encode(x256, return_features=True).features if mask_mode == "samm" else {}
+            inv = Inversion(torch.cat([job.latents[k] for job, k in chunk]).to(pipe.device), feats)
+        else:
+            inv = pipe.encode(x256)
+        t1 = time.perf_counter()
+        rng = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
+        need_ref = not editing or spec.mask_from == "original" or mask_mode == "error" or \
+            "grid" in spec.extras or "mask" in spec.extras
+        ref = pipe.render(x, inv, mask=mask_mode, landmarks=lms, generator=rng, out_res=spec.out_res,
+                          cycle_align=spec.cycle_align) if need_ref else None
+        reuse = ref if (spec.mask_from == "original" or mask_mode == "error") else None
+        outs: list[PipelineOutput] = []
+        for v in variants:
+            if v is None:
+                assert ref is not None
+                outs.append(ref)
+                continue
+            if rng is not None:
+                rng.manual_seed(spec.seed)  # the same noise for every variant: only the edit differs
+            outs.append(pipe.render(x, inv, w_plus=apply_edits(inv.w_plus, v.edits), mask=mask_mode,
+                                    reference=reuse, landmarks=lms, generator=rng, out_res=spec.out_res,
+                                    cycle_align=spec.cycle_align))
+        t2 = time.perf_counter()
+        for i, (job, k) in enumerate(chunk):
+            for stage, dt in (("encode", t1 - t0), ("render", t2 - t1)):  # a batch's time, shared per face
+                job.timings[stage] = round(job.timings.get(stage, 0.0) + dt / len(chunk), 3)
+            if ref is not None:
+                job.inv_imgs[k], job.ref_masks[k] = to_uint8(ref.image[i].cpu()), _mask_np(ref, i)
+            for j, o in enumerate(outs):
+                job.results[j][k], job.masks[j][k] = to_uint8(o.image[i].cpu()), _mask_np(o, i)
+            job.w_saved[k] = inv.w_plus[i:i + 1].cpu()
+
+    def run_group(g: int) -> dict[InputFile, _Job | Exception]:
+        """Plan every input of group g and, unless all are finished, compute all their faces in batches.
+        Errors stay with their input (a failed model batch fails the inputs it held), raised at its turn."""
+        jobs: dict[InputFile, _Job | Exception] = {}
+        for item in items[g * size:(g + 1) * size]:
+            try:
+                jobs[item] = plan(item)
+            except Exception as e:  # noqa: BLE001 - reported when this input's turn comes
+                jobs[item] = e
+        live = [j for j in jobs.values() if isinstance(j, _Job)]
+        if spec.overwrite or not all(j.complete for j in live):
+            faces = [(j, k) for j in live for k in range(j.n)]
+            for lo in range(0, len(faces), size):
+                try:
+                    compute(faces[lo:lo + size])
+                except Exception as e:  # noqa: BLE001
+                    for j, _ in faces[lo:lo + size]:
+                        j.error = e
+        return jobs
+
+    def work(item: InputFile, rep: InputReport) -> None:
+        g = position[item] // size
+        if g not in group_jobs:
+            group_jobs.clear()  # the previous group is written: free its images
+            group_jobs[g] = run_group(g)
+        job = group_jobs[g][item]
+        if isinstance(job, Exception):
+            raise job
+        rep.timings.update(job.timings)
+        rep.faces, rep.outputs = job.n, [str(p) for p in job.planned]
+        if not spec.overwrite and job.complete:
             rep.status = "skipped"
             return
-        base.parent.mkdir(parents=True, exist_ok=True)
-
-        rng = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
-        # results[j][k]: uint8 [R,R,3] of variant j, face k; masks[j][k] float [R,R] (1 = input pixel) or None
-        inv_imgs: list[Any] = []
-        ref_masks: list[Any] = []  # the unedited rendering's masks (what --save mask and the grid show)
-        results: list[list[Any]] = [[] for _ in variants]
-        masks: list[list[Any]] = [[] for _ in variants]
-        w_saved: list[Any] = []
-        for lo in range(0, n, spec.batch_size):
-            sl = slice(lo, min(n, lo + spec.batch_size))
-            x, x256 = pipe.prepare(crops[sl])
-            lms = None if landmarks is None else landmarks[sl]
-            with rep.stage("encode"):
-                if spec.latent is not None:
-                    src = spec.latent if spec.latent.is_file() else None
-                    ws = []
-                    for k in range(sl.start, sl.stop):
-                        f = src or spec.latent / f"{item.key}{tags[k]}{extra_files['latent']}"
-                        w = load_latent(f, pipe.generator.n_latent, pipe.generator.style_dim)
-                        if w.shape[0] != 1:
-                            raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
-                        ws.append(w)
-                    feats = pipe.encode(x256, return_features=True).features if mask_mode == "samm" else {}
-                    inv = Inversion(torch.cat(ws).to(pipe.device), feats)
-                else:
-                    inv = pipe.encode(x256)
-            with rep.stage("render"):
-                need_ref = not editing or spec.mask_from == "original" or mask_mode == "error" or \
-                    "grid" in spec.extras or "mask" in spec.extras
-                ref = pipe.render(x, inv, mask=mask_mode, landmarks=lms, generator=rng, out_res=spec.out_res,
-                                  cycle_align=spec.cycle_align) if need_ref else None
-                reuse = ref if (spec.mask_from == "original" or mask_mode == "error") else None
-                outs: list[PipelineOutput] = []
-                for v in variants:
-                    if v is None:
-                        assert ref is not None
-                        outs.append(ref)
-                        continue
-                    if rng is not None:
-                        rng.manual_seed(spec.seed)  # the same noise for every variant: only the edit differs
-                    outs.append(pipe.render(x, inv, w_plus=apply_edits(inv.w_plus, v.edits), mask=mask_mode,
-                                            reference=reuse, landmarks=lms, generator=rng, out_res=spec.out_res,
-                                            cycle_align=spec.cycle_align))
-            for k in range(sl.stop - sl.start):
-                if ref is not None:
-                    inv_imgs.append(to_uint8(ref.image[k].cpu()))
-                    ref_masks.append(_mask_np(ref, k))
-                for j, o in enumerate(outs):
-                    results[j].append(to_uint8(o.image[k].cpu()))
-                    masks[j].append(_mask_np(o, k))
-                w_saved.append(inv.w_plus[k:k + 1].cpu())
-
+        if job.error is not None:
+            raise job.error
+        photo, crops, n = job.got.photo, job.got.crops, job.n
+        (out / item.key).parent.mkdir(parents=True, exist_ok=True)
         with rep.stage("write"):
             for j in range(len(variants)):
                 if spec.paste:
                     # paste only where the face came from the generator: the photo keeps its own pixels elsewhere
-                    keep = [None if m is None else 1.0 - m for m in masks[j]]
-                    save_image(main_path(0, j), paste_back(photo.rgb, results[j], alignments, keep), like=photo)
+                    keep = [None if m is None else 1.0 - m for m in job.masks[j]]
+                    save_image(main_path(job, 0, j), paste_back(photo.rgb, job.results[j], job.got.alignments, keep),
+                               like=photo)
                 else:
                     for k in range(n):
-                        save_image(main_path(k, j), results[j][k])
+                        save_image(main_path(job, k, j), job.results[j][k])
             for k in range(n):
                 if "aligned" in spec.extras and not spec.aligned:
-                    save_image(face_path(k, ".aligned.png"), crops[k])
+                    save_image(face_path(job, k, ".aligned.png"), crops[k])
                 if "latent" in spec.extras:
-                    save_latent(face_path(k, ".latent.pt"), w_saved[k])
-                m = ref_masks[k] if ref_masks else masks[0][k]
+                    save_latent(face_path(job, k, ".latent.pt"), job.w_saved[k])
+                m = job.ref_masks[k] if job.inv_imgs[k] is not None else job.masks[0][k]
                 m_img = np.zeros(crops[k].shape[:2], np.uint8) if m is None else \
                     np.clip(np.round(m * 255), 0, 255).astype(np.uint8)
                 if "mask" in spec.extras:
-                    save_image(face_path(k, ".mask.png"), np.repeat(m_img[..., None], 3, axis=2))
+                    save_image(face_path(job, k, ".mask.png"), np.repeat(m_img[..., None], 3, axis=2))
                 if "grid" in spec.extras:
-                    tiles = [crops[k], inv_imgs[k], m_img] + ([results[j][k] for j in range(len(variants))]
-                                                             if editing else [])
-                    save_image(face_path(k, ".grid.png"), _grid(tiles))
+                    tiles = [crops[k], job.inv_imgs[k], m_img] + ([job.results[j][k] for j in range(len(variants))]
+                                                                 if editing else [])
+                    save_image(face_path(job, k, ".grid.png"), _grid(tiles))
                 if spec.sweep:
-                    frames = [_grid([results[j][k]]) for j in range(len(variants))]
-                    save_image(face_path(k, ".sweep.png"), np.concatenate(frames, axis=1))
-                    _save_gif(face_path(k, ".sweep.gif"), frames)
+                    frames = [_grid([job.results[j][k]]) for j in range(len(variants))]
+                    save_image(face_path(job, k, ".sweep.png"), np.concatenate(frames, axis=1))
+                    _save_gif(face_path(job, k, ".sweep.gif"), frames)
 
     return work
 
@@ -543,6 +612,7 @@ def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any],
     _make_output_dir(spec.output)
     pipe = _load_pipeline(**model)
     spec.out_res = min(spec.out_res, pipe.generator.size)
+    spec.batch_size = spec.batch_size or (1 if pipe.device.type == "cpu" else 4)
     mask_mode = _resolve_mask_mode(pipe, spec, quiet)
     if spec.latent is not None and mask_mode == "samm" and pipe.encoder_type != "e4e":
         raise UsageError("--latent with SAMM needs --encoder-type e4e (ReStyle's SAMM features depend on its "
@@ -576,7 +646,7 @@ def invert(
     save: SaveOpt = None,
     overwrite: OverwriteOpt = False,
     shard: ShardOpt = None,
-    batch_size: BatchOpt = 4,
+    batch_size: BatchOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -640,7 +710,7 @@ def edit(
     save: SaveOpt = None,
     overwrite: OverwriteOpt = False,
     shard: ShardOpt = None,
-    batch_size: BatchOpt = 4,
+    batch_size: BatchOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

@@ -208,3 +208,46 @@ def test_resume_after_kill_gives_identical_outputs(tmp_path, e4e64_file):
 
                 assert torch.equal(torch.load(a, weights_only=True), torch.load(b, weights_only=True))
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_batch_size_groups_photos_and_a_resumed_run_writes_the_same_bytes(tmp_path, e4e64_file, monkeypatch):
+    from facefix.pipeline import FacefixPipeline
+
+    src = tmp_path / "in"
+    src.mkdir()
+    grace = Image.open(ALIGNED).convert("RGB")
+    grace.save(src / "a.png")
+    grace.transpose(Image.FLIP_LEFT_RIGHT).save(src / "b.png")
+    (src / "c.png").write_bytes(b"not an image")
+    grace.rotate(5).save(src / "d.png")
+    files = [src / n for n in ("a.png", "b.png", "c.png", "d.png")]
+    batches: list[int] = []
+    encode = FacefixPipeline.encode
+    monkeypatch.setattr(FacefixPipeline, "encode", lambda self, x, **kw: batches.append(x.shape[0]) or
+                        encode(self, x, **kw))
+    common = ("--aligned", "--encoder", e4e64_file, "--mask", "error", "--save", "latent", "--device", "cpu", "-q")
+
+    r = run("invert", *files, *common, "--batch-size", "3", "-o", tmp_path / "b3")
+    assert r.exit_code == 1 and "c.png" in r.output
+    assert batches == [2, 1]  # groups [a b c] (c fails, a and b share one batch) and [d]
+    batches.clear()
+    r = run("invert", *files, *common, "-o", tmp_path / "b1")  # CPU default: batch 1
+    assert r.exit_code == 1 and batches == [1, 1, 1]
+    for name in ("a.png", "b.png", "d.png"):  # batching changes float rounding only
+        diff = np.abs(np.asarray(Image.open(tmp_path / "b3" / name), dtype=int) -
+                      np.asarray(Image.open(tmp_path / "b1" / name), dtype=int))
+        assert diff.max() <= 1, name
+
+    # resume: b's outputs are gone; its group is recomputed whole so b gets the same bytes, a is not rewritten
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b3").iterdir() if p.name != "facefix-report.json"}
+    (tmp_path / "b3" / "b.png").unlink()
+    (tmp_path / "b3" / "b.latent.pt").unlink()
+    a_mtime = (tmp_path / "b3" / "a.png").stat().st_mtime_ns
+    batches.clear()
+    r = run("invert", *files, *common, "--batch-size", "3", "-o", tmp_path / "b3")
+    assert r.exit_code == 1 and batches == [2]  # group [d] is complete: not computed
+    after = {p.name: p.read_bytes() for p in (tmp_path / "b3").iterdir() if p.name != "facefix-report.json"}
+    assert after == before
+    assert (tmp_path / "b3" / "a.png").stat().st_mtime_ns == a_mtime
+    report = json.loads((tmp_path / "b3" / "facefix-report.json").read_text())
+    assert [p["status"] for p in report["inputs"]] == ["skipped", "ok", "failed", "skipped"]
