@@ -7,9 +7,12 @@
   (``model_ir_se50.pth``), ``1 - cos`` between the embeddings of the face crop of output and target.
 - :func:`mask_losses`: the SAMM mask terms (binary and area) over the active levels and the composed mask.
 - :func:`psnr`, :func:`ssim`: validation metrics on images in [-1,1].
+- :class:`LPIPS`: the learned perceptual distance of Zhang et al. 2018 (``lpips`` package, v0.1 "lin"), a
+  validation metric.
 
-Both networks need weights that facefix does not download (torchvision's ``vgg19-dcbfe1b8.pth``, pSp's
-``model_ir_se50.pth``); :func:`load_vgg19` and :func:`load_ir_se50` read them from a path, strictly.
+The networks need weights that facefix does not download (torchvision's ``vgg19-dcbfe1b8.pth``, pSp's
+``model_ir_se50.pth``, torchvision's AlexNet or VGG16 plus the ``lpips`` package's ``weights/v0.1/*.pth``);
+:func:`load_vgg19`, :func:`load_ir_se50` and :func:`load_lpips` read them from paths, strictly.
 
 Dimension letters: N batch, C channels, H W size, S image size.
 """
@@ -185,6 +188,133 @@ class IdentityLoss(nn.Module):
 
     def forward(self, y: Tensor, x: Tensor) -> Tensor:
         return (1 - self.similarity(y, x)).mean()
+
+
+# LPIPS trunks as torchvision builds ``alexnet().features`` / ``vgg16().features``, so the ImageNet files' keys
+# (``features.N.*``) fit: (out channels, kernel, stride, padding) convs, each followed by a ReLU, "M" = (max-pool
+# kernel, stride). Only the layers up to the last tap are built.
+_LPIPS_TRUNKS: dict[str, tuple[tuple[int, int, int, int] | tuple[str, int, int], ...]] = {
+    "alex": ((64, 11, 4, 2), ("M", 3, 2), (192, 5, 1, 2), ("M", 3, 2), (384, 3, 1, 1), (256, 3, 1, 1),
+             (256, 3, 1, 1)),
+    "vgg": tuple((c, 3, 1, 1) if c != "M" else ("M", 2, 2) for c in
+                 (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)),
+}
+LPIPS_TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
+"""Trunk -> indices in ``features`` of the 5 ReLUs LPIPS compares (the ``lpips`` package's slice ends: AlexNet
+relu1..relu5, VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3)."""
+LPIPS_FILES = {"alex": ("AlexNet", "alexnet-owt-7be5be79.pth", "alex.pth"),
+               "vgg": ("VGG16", "vgg16-397923af.pth", "vgg.pth")}
+"""Trunk -> (name, torchvision ImageNet file, ``lpips`` package file under ``lpips/weights/v0.1/``)."""
+_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+class _LinLayer(nn.Module):
+    """The ``lpips`` package's ``NetLinLayer``: a bias-free 1x1 conv C -> 1 (weights >= 0 in the published files).
+
+    Index 0 stands for its training-time Dropout (an identity in eval) so the key reads ``model.1.weight``.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def _unit_channels(f: Tensor, eps: float = 1e-10) -> Tensor:
+    """[N,C,h,w] divided by its L2 norm over C at every position (the package's ``normalize_tensor``, same eps)."""
+    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 (Zhang et al. 2018; ``lpips.LPIPS(net=..., version='0.1')`` with ``lpips=True``, not spatial).
+
+    d(y, x) = sum_l mean_hw( w_l . (u(phi_l(y)) - u(phi_l(x)))^2 ), phi_l the 5 ReLU taps of the ImageNet trunk on
+    the input shifted/scaled by the package's ScalingLayer, u the per-position unit norm over channels, w_l >= 0
+    the 1x1 ``lin{l}`` weights. Two trunks, picked by the lin file:
+
+    - ``"alex"`` (default): torchvision AlexNet. The variant the ``lpips`` authors recommend as a metric and the
+      one the official SAMM test script computes (spec §6.5, §7; that script also feeds a [-0.5,1.5] range and
+      BGR, a quirk not reproduced here). Cheap at 1024 px (stride-4 first conv).
+    - ``"vgg"``: torchvision VGG16 (the package's ``net='vgg'``), ~20x the FLOPs.
+
+    forward(y, x): y, x [N,3,H,W] in [-1,1] (RGB; H, W >= 32 for AlexNet, >= 16 for VGG16) -> distances [N],
+    float, 0 for identical images and >= 0 with the published (non-negative) lin weights.
+    Keys: ``features.N.*`` (the torchvision file's) and ``lins.lin{l}.model.1.weight`` [1,C_l,1,1] (the lpips file's
+    ``lin{l}.model.1.weight``).
+    """
+
+    def __init__(self, net: str = "alex"):
+        super().__init__()
+        if net not in _LPIPS_TRUNKS:
+            raise ValueError(f"LPIPS trunk {net!r}: expected one of {', '.join(_LPIPS_TRUNKS)}")
+        self.net = net
+        self.taps = LPIPS_TAPS[net]
+        layers: list[nn.Module] = []
+        relu_channels: dict[int, int] = {}  # features index of a ReLU -> its channels
+        in_ch = 3
+        for spec in _LPIPS_TRUNKS[net]:
+            if spec[0] == "M":
+                layers.append(nn.MaxPool2d(int(spec[1]), int(spec[2])))
+            else:
+                c, k, s, p = (int(v) for v in spec)
+                # in-place is safe: every tap is a ReLU output and the layer after it (conv or pool) makes a new one
+                layers += [nn.Conv2d(in_ch, c, k, s, p), nn.ReLU(inplace=True)]
+                relu_channels[len(layers) - 1] = in_ch = c
+        self.features = nn.Sequential(*layers[:self.taps[-1] + 1])
+        self.lins = nn.ModuleDict({f"lin{k}": _LinLayer(relu_channels[i]) for k, i in enumerate(self.taps)})
+        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).reshape(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).reshape(1, 3, 1, 1), persistent=False)
+
+    def tap_features(self, x: Tensor) -> list[Tensor]:
+        """x [N,3,H,W] in [-1,1] -> the 5 ReLU outputs [N,C_l,h_l,w_l] of the scaled input."""
+        x = (x - self.shift) / self.scale
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+    def forward(self, y: Tensor, x: Tensor) -> Tensor:
+        n = y.shape[0]
+        feats = self.tap_features(torch.cat([y, x]))  # one trunk pass for both
+        dist = y.new_zeros(n)
+        for lin, f in zip(self.lins.values(), feats, strict=True):
+            diff = (_unit_channels(f[:n]) - _unit_channels(f[n:])).pow(2)
+            dist = dist + lin(diff).mean(dim=(1, 2, 3))
+        return dist
+
+
+def load_lpips(backbone_path: str | Path, lin_path: str | Path) -> LPIPS:
+    """The ``lpips`` package's v0.1 lin file (``lpips/weights/v0.1/alex.pth`` or ``vgg.pth``: ``lin0..lin4``
+    ``.model.1.weight``) and the matching torchvision ImageNet file (``alexnet-owt-7be5be79.pth`` or
+    ``vgg16-397923af.pth``; ``classifier.*`` ignored) -> :class:`LPIPS` in eval mode, no grad.
+
+    The trunk is the lin file's (its lin1 has 192 channels for AlexNet, 128 for VGG16); both files are checked
+    strictly, a wrong or mismatched file is a one-line WeightsError.
+    """
+    lins = safe_torch_load(lin_path)
+    if not isinstance(lins, Mapping):
+        raise WeightsError(f"{lin_path}: expected an LPIPS lin state dict, found {type(lins).__name__}")
+    lin1 = lins.get("lin1.model.1.weight")
+    net = "vgg" if isinstance(lin1, Tensor) and lin1.ndim == 4 and lin1.shape[1] == 128 else "alex"
+    name, torchvision_file, lpips_file = LPIPS_FILES[net]
+    model = LPIPS(net)
+    _check_keys(model.lins, lins, str(lin_path), f"LPIPS v0.1 lin ({lpips_file})")
+
+    state = safe_torch_load(backbone_path)
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{backbone_path}: expected a torchvision state dict, found {type(state).__name__}")
+    last = model.taps[-1]
+    kept = {k: v for k, v in state.items()
+            if k.startswith("features.") and k.split(".")[1].isdigit() and int(k.split(".")[1]) <= last}
+    # a ModuleDict sharing model.features gives the file's "features.N.*" names
+    _check_keys(nn.ModuleDict({"features": model.features}), kept, str(backbone_path),
+                f"torchvision {name} ({torchvision_file}, the trunk of {lpips_file})")
+    return model.eval().requires_grad_(False)
 
 
 def mask_losses(aligns: Mapping[int, Tensor], mask: Tensor, tau: Mapping[int, float]) -> tuple[Tensor, Tensor]:

@@ -58,7 +58,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from facefix import checkpoints, weights
 from facefix.errors import InputError, UsageError, WeightsError
 from facefix.image_io import atomic_write, atomic_write_bytes, load_image, save_image, to_uint8
-from facefix.losses import IdentityLoss, PerceptualLoss, load_ir_se50, load_vgg19, mask_losses, psnr, ssim
+from facefix.losses import (
+    LPIPS,
+    IdentityLoss,
+    PerceptualLoss,
+    load_ir_se50,
+    load_lpips,
+    load_vgg19,
+    mask_losses,
+    psnr,
+    ssim,
+)
 from facefix.models.encoders import Encoder4Editing
 from facefix.models.samm import ENCODER_MODES, RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
@@ -121,6 +131,8 @@ class TrainConfig:
         default_factory=lambda: {32: 0.3, 64: 0.3, 128: 0.2, 256: 0.2, 1024: 0.2})
     vgg19_path: str | None = None               # torchvision vgg19-dcbfe1b8.pth
     ir_se50_path: str | None = None             # pSp/e4e model_ir_se50.pth
+    lpips_backbone_path: str | None = None      # validation LPIPS: torchvision alexnet-owt-7be5be79.pth (or vgg16)
+    lpips_lin_path: str | None = None           # ... with the lpips package's weights/v0.1/alex.pth (or vgg.pth)
     # bookkeeping (in steps)
     log_every: int = 50
     val_every: int = 2000                       # 0 = never (else also after the last step)
@@ -134,7 +146,7 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-_PATH_KEYS = ("val_dir", "vgg19_path", "ir_se50_path")
+_PATH_KEYS = ("val_dir", "vgg19_path", "ir_se50_path", "lpips_backbone_path", "lpips_lin_path")
 
 
 def _coerce(key: str, value: object, where: str, base: Path) -> object:
@@ -205,6 +217,8 @@ def _check_values(cfg: TrainConfig, where: str) -> None:
         ("val_every", cfg.val_every >= 0, ">= 0"),
         ("ckpt_every", cfg.ckpt_every >= 1, ">= 1"),
         ("keep_states", cfg.keep_states >= 1, ">= 1"),
+        ("lpips_lin_path", (cfg.lpips_lin_path is None) == (cfg.lpips_backbone_path is None),
+         "set together with lpips_backbone_path"),
     ]
     for key, ok, expected in checks:
         if not ok:
@@ -496,6 +510,16 @@ def build_criterion(config: TrainConfig, device: torch.device, log: LogFn) -> SA
     return SAMMCriterion(config, perceptual, identity)
 
 
+def build_lpips(config: TrainConfig, device: torch.device, log: LogFn) -> LPIPS | None:
+    """The validation LPIPS network on ``device`` when both its files are configured; otherwise None and ONE
+    line saying LPIPS is not reported (facefix cannot download its weights)."""
+    if config.lpips_backbone_path and config.lpips_lin_path:
+        return load_lpips(config.lpips_backbone_path, config.lpips_lin_path).to(device)
+    log("note: validation without LPIPS (set lpips_backbone_path and lpips_lin_path, see "
+        "examples/train_samm.toml)")
+    return None
+
+
 def load_models(encoder_path: str | os.PathLike[str] | None, generator_path: str | os.PathLike[str] | None,
                 encoder_mode: str, offline: bool | None = None) -> tuple[Generator, Encoder4Editing, Tensor]:
     """(generator, e4e encoder, latent_avg [L,D]) as :meth:`FacefixPipeline.from_pretrained` loads them.
@@ -596,6 +620,9 @@ class SAMMTrainer:
         self._ema_forward = SAMMForward(self.ema)
         self._ddp: nn.Module | None = None
         self.criterion = build_criterion(config, self.device, self.log)
+        # a metric only: loaded where validation runs
+        self.lpips = (build_lpips(config, self.device, self.log)
+                      if self.dist.is_main and config.val_every and len(self.val_set) else None)
         self._tb = None
         self._window: dict[str, float] = {}
 
@@ -762,8 +789,9 @@ class SAMMTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """EMA SAMM (the weights that are saved) on the held-out images, fixed noise per image: mean PSNR and
-        SSIM of the blended output vs the input (8-bit RGB), identity similarity when IR-SE50 is loaded, and
-        the grid ``val/step{N}.png`` (input | generator | mask | output). Rank 0 only; returns the means."""
+        SSIM of the blended output vs the input (8-bit RGB), identity similarity when IR-SE50 is loaded, LPIPS
+        (on the float images) when its files are configured, and the grid ``val/step{N}.png`` (input | generator |
+        mask | output). Rank 0 only; returns the means."""
         if not self.dist.is_main:
             return {}
         levels = active_levels(self.step - 1, self.config.progressive_steps, self.generator.size)
@@ -780,6 +808,8 @@ class SAMMTrainer:
             scores["ssim"] += ssim(y, x).tolist()
             if self.criterion.identity is not None:
                 scores.setdefault("id", []).extend(self.criterion.identity.similarity(y, x).tolist())
+            if self.lpips is not None:
+                scores.setdefault("lpips", []).extend(self.lpips(y, x).tolist())
             rows += [torch.cat([x[i], gen[i], mask[i].expand(3, -1, -1) * 2 - 1, y[i]], dim=2)
                      for i in range(x.shape[0])]
         (self.run_dir / "val").mkdir(exist_ok=True)
