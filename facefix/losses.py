@@ -10,7 +10,7 @@
 - :class:`LPIPS`: the learned perceptual distance of Zhang et al. 2018 (``lpips`` package, v0.1 "lin"), a
   validation metric.
 
-The networks need weights that facefix does not download (torchvision's ``vgg19-dcbfe1b8.pth``, pSp's
+The networks need weights that facefix does not download (torchvision's ``vgg19-dcbb9e9d.pth``, pSp's
 ``model_ir_se50.pth``, torchvision's AlexNet or VGG16 plus the ``lpips`` package's ``weights/v0.1/*.pth``);
 :func:`load_vgg19`, :func:`load_ir_se50` and :func:`load_lpips` read them from paths, strictly.
 
@@ -55,7 +55,7 @@ def _check_keys(module: nn.Module, state: Mapping[str, Tensor], where: str, what
 
 
 class VGG19Features(nn.Module):
-    """torchvision VGG19 ``features[:35]`` (key names ``features.N.*`` as in ``vgg19-dcbfe1b8.pth``).
+    """torchvision VGG19 ``features[:35]`` (key names ``features.N.*`` as in ``vgg19-dcbb9e9d.pth``).
 
     forward: x [N,3,H,W] in [-1,1] -> {layer name: pre-ReLU feature [N,C,h,w]} for :data:`VGG_LAYERS`.
     Inputs are mapped to [0,1] and ImageNet-normalised first (BasicSR ``range_norm`` + ``use_input_norm``).
@@ -88,7 +88,7 @@ class VGG19Features(nn.Module):
 
 
 def load_vgg19(path: str | Path) -> VGG19Features:
-    """torchvision's ``vgg19-dcbfe1b8.pth`` (or any state dict with its ``features.*`` keys; ``classifier.*`` and
+    """torchvision's ``vgg19-dcbb9e9d.pth`` (or any state dict with its ``features.*`` keys; ``classifier.*`` and
     layers past conv5_4 are ignored) -> :class:`VGG19Features` in eval mode, no grad."""
     state = safe_torch_load(path)
     if not isinstance(state, Mapping):

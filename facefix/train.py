@@ -122,15 +122,15 @@ class TrainConfig:
     progressive_steps: tuple[int, int, int] = (2000, 6000, 10_000)  # 64, 128, 256 px join after these steps
     # losses (0 disables a term)
     pixel_weight: float = 1.0                   # MSE on [-1,1]
-    perceptual_weight: float = 1.0              # VGG19 L1 on pre-ReLU features (needs vgg19_path)
-    style_weight: float = 50.0                  # L1 on their Gram matrices (needs vgg19_path)
-    id_weight: float = 0.1                      # 1 - cos of IR-SE50 ArcFace embeddings (needs ir_se50_path)
+    perceptual_weight: float = 1.0              # VGG19 L1 on pre-ReLU features (needs VGG19 weights)
+    style_weight: float = 50.0                  # L1 on their Gram matrices (needs VGG19 weights)
+    id_weight: float = 0.1                      # 1 - cos of IR-SE50 ArcFace embeddings (needs IR-SE50 weights)
     mask_binary_weight: float = 0.2             # sum_r mean(min(alpha, 1 - alpha))
     mask_area_weight: float = 5.0               # sum_r relu(mean(alpha) - tau_r)
     mask_area_tau: dict[int, float] = field(
         default_factory=lambda: {32: 0.3, 64: 0.3, 128: 0.2, 256: 0.2, 1024: 0.2})
-    vgg19_path: str | None = None               # torchvision vgg19-dcbfe1b8.pth
-    ir_se50_path: str | None = None             # pSp/e4e model_ir_se50.pth
+    vgg19_path: str | None = None               # torchvision vgg19-dcbb9e9d.pth (default: manifest)
+    ir_se50_path: str | None = None             # pSp/e4e model_ir_se50.pth (default: manifest)
     lpips_backbone_path: str | None = None      # validation LPIPS: torchvision alexnet-owt-7be5be79.pth (or vgg16)
     lpips_lin_path: str | None = None           # ... with the lpips package's weights/v0.1/alex.pth (or vgg.pth)
     # bookkeeping (in steps)
@@ -490,21 +490,32 @@ class SAMMCriterion:
         return terms
 
 
+def _loss_weights(path: str | None, name: str, off: list[str], terms: str) -> str | Path | None:
+    """The configured file, else the manifest's ``name`` if it is already on disk (``FACEFIX_<NAME>``,
+    ``FACEFIX_WEIGHTS_DIR``, the cache; sha256-checked). Never downloads: fetching 175-575 MB is the user's call
+    (``facefix weights download NAME``). When there is none, ``off`` gets a line saying so and why."""
+    if path:
+        return path
+    try:
+        return weights.resolve(name, offline=True)
+    except WeightsError as e:
+        off.append(f"{terms} ({e}, or set {name}_path)")
+        return None
+
+
 def build_criterion(config: TrainConfig, device: torch.device, log: LogFn) -> SAMMCriterion:
     """The loss terms with their networks on ``device``; logs ONE line naming the terms that are off because
-    their weights file is not configured (VGG19 / IR-SE50 cannot be downloaded by facefix)."""
+    their weights (VGG19, IR-SE50: a config path or the manifest's file on disk) are missing."""
     perceptual = identity = None
     off = []
     if config.perceptual_weight > 0 or config.style_weight > 0:
-        if config.vgg19_path:
-            perceptual = PerceptualLoss(load_vgg19(config.vgg19_path).to(device))
-        else:
-            off.append("perceptual + style (set vgg19_path to torchvision's vgg19-dcbfe1b8.pth)")
+        vgg19 = _loss_weights(config.vgg19_path, "vgg19", off, "perceptual + style")
+        if vgg19 is not None:
+            perceptual = PerceptualLoss(load_vgg19(vgg19).to(device))
     if config.id_weight > 0:
-        if config.ir_se50_path:
-            identity = IdentityLoss(load_ir_se50(config.ir_se50_path).to(device))
-        else:
-            off.append("identity (set ir_se50_path to model_ir_se50.pth)")
+        ir_se50 = _loss_weights(config.ir_se50_path, "ir_se50", off, "identity")
+        if ir_se50 is not None:
+            identity = IdentityLoss(load_ir_se50(ir_se50).to(device))
     if off:
         log(f"note: losses disabled: {'; '.join(off)}; training with the other terms")
     return SAMMCriterion(config, perceptual, identity)

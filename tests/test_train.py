@@ -328,3 +328,13 @@ def test_cli_train_then_edit_with_the_trained_samm(tmp_path, e4e64_file):
     r = run("train", "samm", "--data", data, "--config", cfg, "--encoder", e4e64_file, "--max-steps", "1",
             "-o", tmp_path / "run")
     assert r.exit_code == 2 and "already holds a training run" in r.output
+
+
+def test_loss_weights_come_from_the_manifest_when_on_disk(tmp_path, monkeypatch):
+    torch.save(_torchvision_vgg19_state(), tmp_path / "vgg.pth")
+    monkeypatch.setenv("FACEFIX_VGG19", str(tmp_path / "vgg.pth"))  # the manifest entry's override
+    monkeypatch.delenv("FACEFIX_IR_SE50", raising=False)
+    lines: list[str] = []
+    crit = build_criterion(TrainConfig(), torch.device("cpu"), lines.append)
+    assert crit.perceptual is not None and crit.identity is None
+    assert len(lines) == 1 and "perceptual" not in lines[0] and "facefix weights download ir_se50" in lines[0]
