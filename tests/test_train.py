@@ -214,7 +214,17 @@ def test_ssim_and_psnr_match_skimage():
 # -- training runs ----------------------------------------------------------------------------------------------
 
 
-def test_tiny_run_loss_falls_checkpoints_reload_and_resume_is_exact(tmp_path, small64_file):
+@pytest.fixture
+def one_thread():
+    """The small configuration's ops are tiny: a second thread only adds synchronisation, and on a busy machine
+    its stalls made this test 10-30x slower. The thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_run_loss_falls_checkpoints_reload_and_resume_is_exact(tmp_path, small64_file, one_thread):
     """30 steps on one image (plus one held out) with the small configuration: the loss falls, the EMA file
     reloads bit-exactly, and resuming the step-15 state gives exactly the 30-step run's final state (issue 5)."""
     import json
