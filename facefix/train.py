@@ -510,7 +510,8 @@ def load_models(encoder_path: str | os.PathLike[str] | None, generator_path: str
     loaded = checkpoints.load_encoder(enc_file, fpn_upsample=ENCODER_MODES[encoder_mode]["fpn_upsample"],
                                       cache=encoder_path is None)
     if not isinstance(loaded.encoder, (Encoder4Editing, SmallEncoder)):
-        raise UsageError(f"{enc_file}: SAMM training needs an e4e encoder, this file holds a {loaded.kind} one")
+        raise UsageError(f"{enc_file}: SAMM training needs an e4e (or facefix SmallEncoder) encoder, this file "
+                         f"holds a {loaded.kind} one")
     generator, latent_avg = loaded.generator, loaded.latent_avg
     if generator_path is not None:
         lg = checkpoints.load_generator(weights.resolve("stylegan2", override=generator_path, offline=offline))

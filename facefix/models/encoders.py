@@ -192,10 +192,11 @@ class SmallEncoder(nn.Module):
     out-of-domain benchmark, training tests). Not a published architecture; its keys are facefix's own.
 
     x [N,3,256,256] -> 4x average pool to 64 px -> five stages at 64, 32, 16, 8, 4 px of widths w, 2w, 4w, 8w, 8w
-    (two 3x3 convs + LeakyReLU(0.2) each, the first one strided from the second stage on) -> flatten -> MLP ->
-    codes [N,L,512]. The taps SAMM reads at 64 and 32 px (``body6`` [N,128,64,64], ``body20`` [N,256,32,32], the e4e
-    names and channels, so SAMM's ``feats_conv`` is unchanged) are 1x1 projections of the 64 and 32 px stages.
-    There are no 128/256 px taps, so SAMM runs with it on generators of at most 64 px.
+    (two 3x3 convs, each followed by BatchNorm and LeakyReLU(0.2); the first one strided from the second stage on)
+    -> flatten -> MLP -> codes [N,L,512]. Call ``.eval()`` for inference (BatchNorm running statistics).
+    The taps SAMM reads at 64 and 32 px (``body6`` [N,128,64,64], ``body20`` [N,256,32,32], the e4e names and
+    channels, so SAMM's ``feats_conv`` is unchanged) are 1x1 projections of the 64 and 32 px stages. There are no
+    128/256 px taps, so SAMM runs with it on generators of at most 64 px.
 
     Args:
         n_styles: W+ rows L (``2 * log2(size) - 2``).

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facefix.models.ops import make_kernel, upfirdn2d, winograd_conv3x3, winograd_weight
-from facefix.models.stylegan2 import FeatureHook, Generator
+from facefix.models.stylegan2 import FeatureHook, Generator, channels_for
 
 RESOLUTIONS = (256, 128, 64, 32)
 """Resolution of ``modulation.i`` / ``feats_conv.i`` for i = 0..3 (the official index order)."""
@@ -46,8 +46,6 @@ ENCODER_MODES = {
 
 def generator_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
     """Channels of the StyleGAN2 feature maps SAMM sees, per resolution (config-f: 512, 512, 256, 128)."""
-    from facefix.models.stylegan2 import channels_for
-
     ch = channels_for(channel_multiplier, channel_max)
     return {r: ch[r] for r in RESOLUTIONS}
 

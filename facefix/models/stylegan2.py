@@ -229,8 +229,8 @@ class ToRGB(nn.Module):
 def channels_for(channel_multiplier: int, channel_max: int = 512) -> dict[int, int]:
     """Feature channels per resolution (config-f at channel_multiplier=2), each capped at ``channel_max``.
 
-    ``channel_max`` < 512 gives small generators (the synthetic benchmark's 64 px, 64-channel one); 512 is every
-    official StyleGAN2 config.
+    ``channel_max`` < 512 gives small generators (the tests' and the synthetic benchmark's 64 px, 32-channel one);
+    512 is every official StyleGAN2 config.
     """
     cm = channel_multiplier
     full = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
