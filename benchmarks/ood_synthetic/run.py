@@ -201,12 +201,14 @@ def misalign(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _box(rng: np.random.Generator, s: int, lo: float, hi: float) -> tuple[int, int, int, int]:
+    """A random rectangle (x0, y0, x1, y1), x1/y1 exclusive, inside an s x s image, sides lo..hi of s."""
     w, h = (int(round(rng.uniform(lo, hi) * s)) for _ in range(2))
     x0, y0 = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
     return x0, y0, x0 + w, y0 + h
 
 
 def _color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A uniformly random RGB colour, uint8 values."""
     return tuple(int(v) for v in rng.integers(0, 256, size=3))  # type: ignore[return-value]
 
 
