@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from facefix.errors import WeightsError
-from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
+from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, SmallEncoder
 from facefix.models.ops import make_kernel
 from facefix.models.samm import ENCODER_MODES, SAMM
 from facefix.models.stylegan2 import BLUR_KERNEL, Generator
@@ -42,16 +42,19 @@ class LoadedGenerator:
     latent_avg: Tensor | None
 
 
+AnyEncoder = Encoder4Editing | ReStyleEncoder | SmallEncoder
+
+
 @dataclass
 class LoadedEncoder:
     """An encoder checkpoint: the encoder, its ``latent_avg`` [L,512] and the decoder it was trained with (None when
     not asked for; ``generator_size`` still says which generator the codes are for)."""
 
-    encoder: Encoder4Editing | ReStyleEncoder
+    encoder: AnyEncoder
     latent_avg: Tensor
     generator: Generator | None
     generator_size: int
-    kind: str  # "e4e" | "restyle"
+    kind: str  # "e4e" | "restyle" | "small"
 
 
 def _keys_summary(keys: list[str], n: int = 3) -> str:
@@ -79,7 +82,8 @@ def _strict_load(module: torch.nn.Module, state: Mapping[str, Tensor], where: st
 
 
 def infer_generator_config(g_state: Mapping[str, Tensor], where: str = "checkpoint") -> dict[str, int]:
-    """Generator(size, style_dim, n_mlp, channel_multiplier) arguments from a ``g_ema`` state dict's keys and shapes."""
+    """Generator(size, style_dim, n_mlp, channel_multiplier, channel_max) arguments from a ``g_ema`` state dict's
+    keys and shapes."""
     try:
         style_dim = g_state["style.1.weight"].shape[0]
         n_mlp = sum(1 for k in g_state if re.fullmatch(r"style\.\d+\.weight", k))
@@ -87,9 +91,12 @@ def infer_generator_config(g_state: Mapping[str, Tensor], where: str = "checkpoi
         size = 2 ** (n_rgbs + 2)
         # channels at 64 px are 256 * channel_multiplier (to_rgbs.3 is the 64 px level)
         channel_multiplier = g_state["to_rgbs.3.conv.weight"].shape[2] // 256 if n_rgbs >= 4 else 2
+        # the 4x4 input has the cap's channels (512 in every official config, less in small test generators)
+        channel_max = int(g_state["input.input"].shape[1])
     except KeyError as err:
         raise WeightsError(f"{where}: not a StyleGAN2 generator (no {err.args[0]})") from err
-    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": max(channel_multiplier, 1)}
+    config = {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channel_multiplier": max(channel_multiplier, 1)}
+    return config if channel_max == 512 else {**config, "channel_max": channel_max}
 
 
 def generator_from_state(g_state: Mapping[str, Tensor], where: str = "checkpoint") -> Generator:
@@ -178,13 +185,17 @@ def _latent_avg_wplus(avg: object, n_latent: int, where: str) -> Tensor:
 
 
 def encoder_from_state(enc_state: Mapping[str, Tensor], n_styles: int, where: str = "checkpoint",
-                       fpn_upsample: str = "bilinear") -> tuple[Encoder4Editing | ReStyleEncoder, str]:
-    """Build the encoder matching the keys: ReStyle (6-channel input, no FPN) or e4e (3-channel, FPN)."""
+                       fpn_upsample: str = "bilinear") -> tuple[AnyEncoder, str]:
+    """Build the encoder matching the keys: ReStyle (6-channel input, no FPN), e4e (3-channel, FPN) or facefix's
+    ``SmallEncoder`` (``stages.*`` keys; its width is the first conv's output channels)."""
     first = enc_state.get("input_layer.0.weight")
-    if first is None:
+    small = enc_state.get("stages.0.0.weight")
+    if first is None and small is None:
         raise WeightsError(f"{where}: no encoder.input_layer.0.weight: not an e4e/ReStyle checkpoint")
     with torch.device("meta"):  # see generator_from_state
-        if first.shape[1] == 6:
+        if first is None:
+            enc, kind = SmallEncoder(n_styles=n_styles, width=int(small.shape[0])), "small"
+        elif first.shape[1] == 6:
             enc, kind = ReStyleEncoder(n_styles=n_styles), "restyle"
         else:
             enc, kind = Encoder4Editing(n_styles=n_styles, fpn_upsample=fpn_upsample), "e4e"
@@ -192,9 +203,24 @@ def encoder_from_state(enc_state: Mapping[str, Tensor], n_styles: int, where: st
     return enc.eval().requires_grad_(False), kind
 
 
+def save_encoder(path: str | Path, encoder: AnyEncoder, generator: Generator, latent_avg: Tensor) -> None:
+    """Write an encoder file in the e4e layout (``{'state_dict': encoder.* + decoder.*, 'latent_avg', 'opts'}``)
+    that :func:`load_encoder` (and so ``--encoder``) reads: how facefix ships a ``SmallEncoder`` with its generator.
+
+    Args:
+        latent_avg: the W mean added to the codes, [L,512] or [512].
+    """
+    state = {**{f"encoder.{k}": v.detach().cpu() for k, v in encoder.state_dict().items()},
+             **{f"decoder.{k}": v.detach().cpu() for k, v in generator.state_dict().items()}}
+    payload = {"state_dict": state, "latent_avg": latent_avg.detach().cpu().float(),
+               "opts": {"encoder_type": type(encoder).__name__, "stylegan_size": generator.size}}
+    _save_atomic(path, payload)
+
+
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
                  fpn_upsample: str = "bilinear", cache: bool = False, with_generator: bool = True) -> LoadedEncoder:
-    """Load ``e4e_ffhq_encode.pt`` or ``restyle_e4e_ffhq_encode.pt`` (``{'state_dict', 'opts', 'latent_avg', ...}``).
+    """Load ``e4e_ffhq_encode.pt`` or ``restyle_e4e_ffhq_encode.pt`` (``{'state_dict', 'opts', 'latent_avg', ...}``),
+    or a ``SmallEncoder`` file written by :func:`save_encoder`.
 
     Unknown top-level keys (optimizer, discriminator, global_step) are ignored. The file's decoder is returned too,
     so a user who passes only ``--encoder`` still gets a generator; ``with_generator=False`` (a separate
@@ -282,9 +308,10 @@ def load_samm(path: str | Path, generator: Generator | None = None, map_location
             samm = SAMM(**config)  # type: ignore[arg-type]
     except (TypeError, ValueError) as err:
         raise WeightsError(f"{where}: bad SAMM config ({err})") from err
-    if generator is not None and samm.config["channel_multiplier"] != generator.channel_multiplier:
-        raise WeightsError(f"{where}: SAMM for channel_multiplier {samm.config['channel_multiplier']}, the generator "
-                           f"has {generator.channel_multiplier}")
+    if generator is not None and not samm.matches(generator):
+        raise WeightsError(f"{where}: SAMM for channel_multiplier {samm.config['channel_multiplier']} and channel_max "
+                           f"{samm.config.get('channel_max', 512)}, the generator has {generator.channel_multiplier} "
+                           f"and {generator.channel_max}")
     _strict_load(samm, state, where, "SAMM")
     return samm.eval().requires_grad_(False)
 
@@ -294,13 +321,18 @@ def save_samm(path: str | Path, samm: SAMM, extra: Mapping[str, object] | None =
 
     ``extra``: JSON-like metadata kept alongside (training step, data, losses), ignored by :func:`load_samm`.
     """
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in samm.state_dict().items()}
+    payload = {"format": SAMM_FORMAT, "version": SAMM_FORMAT_VERSION, "config": dict(samm.config),
+               "state_dict": state, "meta": dict(extra or {})}
+    _save_atomic(path, payload)
+
+
+def _save_atomic(path: str | Path, payload: Mapping[str, object]) -> None:
+    """``torch.save(payload)`` to ``path`` via a temp file and rename (no half-written checkpoint on a crash)."""
     import io
 
     from facefix.image_io import atomic_write_bytes
 
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in samm.state_dict().items()}
-    payload = {"format": SAMM_FORMAT, "version": SAMM_FORMAT_VERSION, "config": dict(samm.config),
-               "state_dict": state, "meta": dict(extra or {})}
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(Path(path), buf.getvalue())

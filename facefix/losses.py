@@ -6,7 +6,7 @@
 - :class:`IRSE50` / :class:`IdentityLoss`: the ArcFace IR-SE50 ``Backbone(112, 50, 'ir_se')`` of pSp/e4e
   (``model_ir_se50.pth``), ``1 - cos`` between the embeddings of the face crop of output and target.
 - :func:`mask_losses`: the SAMM mask terms (binary and area) over the active levels and the composed mask.
-- :func:`psnr`, :func:`ssim`: validation metrics on images in [-1,1].
+- :func:`psnr`, :func:`ssim` (and its per-pixel :func:`ssim_map`): validation metrics on images in [-1,1].
 - :class:`LPIPS`: the learned perceptual distance of Zhang et al. 2018 (``lpips`` package, v0.1 "lin"), a
   validation metric.
 
@@ -336,14 +336,14 @@ def mask_losses(aligns: Mapping[int, Tensor], mask: Tensor, tau: Mapping[int, fl
     return binary, area  # type: ignore[return-value]
 
 
-def _to_unit_u8(x: Tensor) -> Tensor:
+def to_unit_u8(x: Tensor) -> Tensor:
     """[-1,1] -> [0,1] quantised as the saved PNG is (round((x + 1) * 127.5) / 255), float32."""
     return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255) / 255
 
 
 def psnr(y: Tensor, x: Tensor) -> Tensor:
     """PSNR in dB per image [N] of y vs x ([N,3,H,W] in [-1,1], compared as the 8-bit images they save to)."""
-    mse = (_to_unit_u8(y) - _to_unit_u8(x)).pow(2).mean(dim=(1, 2, 3))
+    mse = (to_unit_u8(y) - to_unit_u8(x)).pow(2).mean(dim=(1, 2, 3))
     return 10 * torch.log10(1 / mse.clamp_min(1e-10))
 
 
@@ -359,7 +359,13 @@ def ssim(y: Tensor, x: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     Wang et al. 2004 as skimage (``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``) and BasicSR
     compute it: gaussian window 11, sigma 1.5, 'valid' filtering (no padding), C1 = 0.01^2, C2 = 0.03^2 on [0,1].
     """
-    a, b = _to_unit_u8(y).double(), _to_unit_u8(x).double()
+    return ssim_map(y, x, window, sigma).mean(dim=(1, 2, 3)).float()
+
+
+def ssim_map(y: Tensor, x: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """The local SSIM values :func:`ssim` averages: float64 [N,3,H-window+1,W-window+1] ('valid', so pixel (i, j)
+    of the map is centred on input pixel (i + window // 2, j + window // 2)); for SSIM over an image region."""
+    a, b = to_unit_u8(y).double(), to_unit_u8(x).double()
     c = a.shape[1]
     g = _gaussian_window(window, sigma).double().to(a.device)
     kh, kw = g.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1), g.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1)
@@ -372,6 +378,5 @@ def ssim(y: Tensor, x: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     var_b = blur(b * b) - mu_b.pow(2)
     cov = blur(a * b) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
-    return s.mean(dim=(1, 2, 3)).float()
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a.pow(2) + mu_b.pow(2) + c1) * (var_a + var_b + c2))
 

@@ -69,7 +69,7 @@ from facefix.losses import (
     psnr,
     ssim,
 )
-from facefix.models.encoders import Encoder4Editing
+from facefix.models.encoders import Encoder4Editing, SmallEncoder
 from facefix.models.samm import ENCODER_MODES, RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
 from facefix.pipeline import encoder_input, faces_to_tensor, resolve_device
@@ -80,6 +80,8 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 LogFn = Callable[[str], object]
+TrainEncoder = Encoder4Editing | SmallEncoder
+"""Encoders SAMM trains over: e4e, or the small one of test configs and the synthetic benchmark."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_KEYS = (32, 64, 128, 256, 1024)
 """Keys of ``mask_area_tau``: the SAMM levels, and 1024 for the composed mask whatever the generator size."""
@@ -458,7 +460,7 @@ class SAMMForward(nn.Module):
         Returns:
             (y [N,3,S,S] blended, G [N,3,S,S] generator output, A [N,1,S,S] mask, aligns {r: [N,3,r,r]}).
         """
-        projected = {r: e for r, e in self.samm.project(features).items() if r in levels}
+        projected = self.samm.project(features, levels)
         trace = SAMMTrace()
         gen = generator.synthesis(w_plus, noise=noise, feature_hook=self.samm.feature_hook(projected, trace))
         mask = compose_mask(trace.aligns, gen.shape[-1])
@@ -532,26 +534,29 @@ def build_lpips(config: TrainConfig, device: torch.device, log: LogFn) -> LPIPS 
 
 
 def load_models(encoder_path: str | os.PathLike[str] | None, generator_path: str | os.PathLike[str] | None,
-                encoder_mode: str, offline: bool | None = None) -> tuple[Generator, Encoder4Editing, Tensor]:
+                encoder_mode: str, offline: bool | None = None) -> tuple[Generator, TrainEncoder, Tensor]:
     """(generator, e4e encoder, latent_avg [L,D]) as :meth:`FacefixPipeline.from_pretrained` loads them.
+    A ``SmallEncoder`` file (``checkpoints.save_encoder``; small generators, the synthetic benchmark) is accepted too.
 
     The encoder file comes from ``encoder_path`` or the manifest; the generator is ``generator_path``'s, else the
     e4e file's decoder. In ``official`` mode with a generator file, its [512] ``latent_avg`` is used (spec §6.2).
     """
     enc_file = weights.resolve("e4e", override=encoder_path, offline=offline)
     loaded = checkpoints.load_encoder(enc_file, fpn_upsample=ENCODER_MODES[encoder_mode]["fpn_upsample"],
-                                      cache=encoder_path is None)
-    if not isinstance(loaded.encoder, Encoder4Editing):
-        raise UsageError(f"{enc_file}: SAMM training needs an e4e encoder, this file holds a {loaded.kind} one")
+                                      cache=encoder_path is None, with_generator=generator_path is None)
+    if not isinstance(loaded.encoder, (Encoder4Editing, SmallEncoder)):
+        raise UsageError(f"{enc_file}: SAMM training needs an e4e (or facefix SmallEncoder) encoder, this file "
+                         f"holds a {loaded.kind} one")
     generator, latent_avg = loaded.generator, loaded.latent_avg
     if generator_path is not None:
         lg = checkpoints.load_generator(weights.resolve("stylegan2", override=generator_path, offline=offline))
-        if lg.generator.n_latent != generator.n_latent:
+        if lg.generator.size != loaded.generator_size:
             raise UsageError(f"{generator_path}: a {lg.generator.size}px generator does not fit the encoder's "
-                             f"{generator.size}px codes")
+                             f"{loaded.generator_size}px codes")
         generator = lg.generator
         if encoder_mode == "official" and lg.latent_avg is not None:
             latent_avg = lg.latent_avg.reshape(1, -1).expand(generator.n_latent, -1).clone()
+    assert generator is not None
     return generator, loaded.encoder, latent_avg
 
 
@@ -598,7 +603,7 @@ class SAMMTrainer:
         meta: JSON-like facts recorded in config.json and every SAMM checkpoint (data and weight paths).
     """
 
-    def __init__(self, config: TrainConfig, generator: Generator, encoder: Encoder4Editing, latent_avg: Tensor,
+    def __init__(self, config: TrainConfig, generator: Generator, encoder: TrainEncoder, latent_avg: Tensor,
                  train_files: Sequence[Path], val_files: Sequence[Path], run_dir: str | os.PathLike[str],
                  device: torch.device | str = "cpu", dist_info: DistInfo | None = None, log: LogFn = print,
                  meta: Mapping[str, object] | None = None):
@@ -610,7 +615,8 @@ class SAMMTrainer:
         self.log: LogFn = log if self.dist.is_main else (lambda _line: None)
         self.meta = dict(meta or {})
         self.generator = generator.to(self.device).eval().requires_grad_(False)
-        encoder.fpn_upsample = ENCODER_MODES[config.encoder_mode]["fpn_upsample"]
+        if isinstance(encoder, Encoder4Editing):
+            encoder.fpn_upsample = ENCODER_MODES[config.encoder_mode]["fpn_upsample"]
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
         self.latent_avg = latent_avg.to(self.device, torch.float32)
         resize = ENCODER_MODES[config.encoder_mode]["input_resize"]
@@ -618,8 +624,8 @@ class SAMMTrainer:
         self.val_set = FaceFolder(val_files, generator.size, resize)
 
         with torch.random.fork_rng(devices=[]):  # SAMM's default init must not advance the global RNG
-            samm = SAMM(generator.channel_multiplier, config.warp_scale, config.cycle_align, config.mod_bias,
-                        config.encoder_mode)
+            samm = SAMM.for_generator(generator, warp_scale=config.warp_scale, cycle_align=config.cycle_align,
+                                      bias=config.mod_bias, encoder_mode=config.encoder_mode)
         self.samm = init_samm(samm, config.seed).to(self.device).train()
         self.ema = copy.deepcopy(self.samm).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.samm.parameters(), lr=config.lr, betas=config.betas, eps=1e-8)

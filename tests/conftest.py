@@ -71,6 +71,29 @@ def write_e4e_checkpoint(path: Path, size: int = 64, restyle: bool = False) -> P
     return path
 
 
+def write_small_encoder_checkpoint(path: Path, size: int = 64, channel_max: int = 32) -> Path:
+    """A ``SmallEncoder`` file (``checkpoints.save_encoder``, e4e layout) over a small recipe-weight generator
+    (``channel_max`` channels per level): the cheap stand-in for e4e in training tests (~10 MB, ms per image).
+    The encoder has PyTorch's default init under a fixed seed (the recipe has no rules for its own keys)."""
+    from facefix.checkpoints import save_encoder
+    from facefix.models.encoders import SmallEncoder
+    from facefix.models.recipe import fill_module, latent_avg
+    from facefix.models.stylegan2 import Generator
+
+    g = fill_module(Generator(size, channel_multiplier=1, channel_max=channel_max), "generator")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc = SmallEncoder(g.n_latent, width=8)
+    save_encoder(path, enc.eval(), g, latent_avg([g.n_latent, 512], 901))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small64_file(tmp_path_factory) -> Path:
+    """A SmallEncoder + 64 px, 32-channel generator file, written once per session."""
+    return write_small_encoder_checkpoint(tmp_path_factory.mktemp("ckpt_small") / "small64.pt")
+
+
 @pytest.fixture(scope="session")
 def e4e64_file(tmp_path_factory) -> Path:
     """An e4e checkpoint over the 64 px generator (10 W+ rows, ~620 MB on disk), written once per session."""

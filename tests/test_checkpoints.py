@@ -144,3 +144,34 @@ def test_safetensors_cache_is_made_once_and_then_used(tmp_path, monkeypatch):
     for (k, a), b in zip(first.generator.state_dict().items(), second.generator.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     assert torch.equal(first.latent_avg, second.latent_avg)
+
+
+def test_small_encoder_file_with_its_small_generator_and_a_samm_sized_for_it(tmp_path, g64):
+    """The small configuration (issue 5/6): SmallEncoder + 32-channel generator in one e4e-layout file, and a SAMM
+    whose levels take the generator's channels and whose facefix file records them."""
+    from facefix.checkpoints import load_samm, save_samm
+    from facefix.models.samm import SAMM
+    from tests.conftest import write_small_encoder_checkpoint
+
+    loaded = load_encoder(write_small_encoder_checkpoint(tmp_path / "small.pt"))
+    g = loaded.generator
+    assert loaded.kind == "small" and g.size == 64 and g.channel_max == 32 and g.channels[64] == 32
+    assert loaded.latent_avg.shape == (g.n_latent, 512)
+    with torch.no_grad():
+        out = loaded.encoder.encode(torch.rand(2, 3, 256, 256) * 2 - 1, return_features=True)
+    assert out.codes.shape == (2, g.n_latent, 512) and out.features is not None
+    assert out.features["body6"].shape == (2, 128, 64, 64) and out.features["body20"].shape == (2, 256, 32, 32)
+
+    samm = SAMM.for_generator(g, cycle_align=1)
+    assert [samm.block(r).channels for r in (32, 64)] == [32, 32] and samm.config["channel_max"] == 32
+    assert "channel_max" not in SAMM.for_generator(g64).config  # full-size configs are recorded as before
+    projected = samm.project(out.features, (32, 64))  # only the levels a 64 px generator has
+    assert set(projected) == {32, 64} and projected[64].shape == (2, 32, 64, 64)
+    with pytest.raises(ValueError, match="taps input_layer, body2 "):
+        samm.project(out.features)
+    save_samm(tmp_path / "samm.pt", samm)
+    back = load_samm(tmp_path / "samm.pt", g)
+    assert back.config == samm.config
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), samm.state_dict().values(), strict=True))
+    with pytest.raises(WeightsError, match="channel_max 32, the generator has 2 and 512"):
+        load_samm(tmp_path / "samm.pt", g64)

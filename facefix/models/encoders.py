@@ -187,6 +187,57 @@ class ReStyleEncoder(nn.Module):
         return self.encode(x).codes
 
 
+class SmallEncoder(nn.Module):
+    """A cheap W+ encoder with :class:`Encoder4Editing`'s interface, for small generators (the synthetic
+    out-of-domain benchmark, training tests). Not a published architecture; its keys are facefix's own.
+
+    x [N,3,256,256] -> 4x average pool to 64 px -> five stages at 64, 32, 16, 8, 4 px of widths w, 2w, 4w, 8w, 8w
+    (two 3x3 convs, each followed by BatchNorm and LeakyReLU(0.2); the first one strided from the second stage on)
+    -> flatten -> MLP -> codes [N,L,512]. Call ``.eval()`` for inference (BatchNorm running statistics).
+    The taps SAMM reads at 64 and 32 px (``body6`` [N,128,64,64], ``body20`` [N,256,32,32], the e4e names and
+    channels, so SAMM's ``feats_conv`` is unchanged) are 1x1 projections of the 64 and 32 px stages. There are no
+    128/256 px taps, so SAMM runs with it on generators of at most 64 px.
+
+    Args:
+        n_styles: W+ rows L (``2 * log2(size) - 2``).
+        width: w, the first stage's channels (the loader reads it back from ``stages.0.0.weight``).
+    """
+
+    STAGE_RES = (64, 32, 16, 8, 4)
+    TAPS = {64: "body6", 32: "body20"}
+
+    def __init__(self, n_styles: int = 10, width: int = 32):
+        super().__init__()
+        self.n_styles, self.width = n_styles, width
+        widths = (width, 2 * width, 4 * width, 8 * width, 8 * width)
+        self.stages = nn.ModuleList()
+        in_c = 3
+        for i, c in enumerate(widths):
+            self.stages.append(nn.Sequential(
+                nn.Conv2d(in_c, c, 3, 1 if i == 0 else 2, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),
+                nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2)))
+            in_c = c
+        self.taps = nn.ModuleDict({name: nn.Conv2d(widths[self.STAGE_RES.index(r)], c, 1)
+                                   for r, name, c in ((64, "body6", 128), (32, "body20", 256))})
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(widths[-1] * 16, 512), nn.LeakyReLU(0.2),
+                                  nn.Linear(512, n_styles * 512))
+
+    def encode(self, x: Tensor, return_features: bool = False) -> EncoderOutput:
+        """x: [N,3,256,256] in [-1,1] -> codes [N,L,512] (W+ offsets, add ``latent_avg``) and optional taps
+        (``body6``, ``body20``)."""
+        h = F.avg_pool2d(x, 4)
+        taps: dict[str, Tensor] | None = {} if return_features else None
+        for res, stage in zip(self.STAGE_RES, self.stages, strict=True):
+            h = stage(h)
+            if taps is not None and res in self.TAPS:
+                taps[self.TAPS[res]] = self.taps[self.TAPS[res]](h)
+        return EncoderOutput(self.head(h).view(-1, self.n_styles, 512), taps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [N,3,256,256] in [-1,1] -> codes [N,L,512]."""
+        return self.encode(x).codes
+
+
 def face_pool(img: Tensor) -> Tensor:
     """[N,3,S,S] -> [N,3,256,256] by exact block means (``AdaptiveAvgPool2d(256)``, ReStyle's ``face_pool``)."""
     return F.adaptive_avg_pool2d(img, (256, 256))

@@ -21,7 +21,7 @@ Dimension letters: N batch, C channels of a level (512, 512, 256, 128 for 32..25
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facefix.models.ops import make_kernel, upfirdn2d, winograd_conv3x3, winograd_weight
-from facefix.models.stylegan2 import FeatureHook
+from facefix.models.stylegan2 import FeatureHook, Generator, channels_for
 
 RESOLUTIONS = (256, 128, 64, 32)
 """Resolution of ``modulation.i`` / ``feats_conv.i`` for i = 0..3 (the official index order)."""
@@ -44,11 +44,9 @@ ENCODER_MODES = {
 """Encoder modes a SAMM checkpoint can be trained with (spec §2.3, golden/samm README (g1))."""
 
 
-def generator_channels(channel_multiplier: int = 2) -> dict[int, int]:
+def generator_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
     """Channels of the StyleGAN2 feature maps SAMM sees, per resolution (config-f: 512, 512, 256, 128)."""
-    from facefix.models.stylegan2 import channels_for
-
-    ch = channels_for(channel_multiplier)
+    ch = channels_for(channel_multiplier, channel_max)
     return {r: ch[r] for r in RESOLUTIONS}
 
 
@@ -267,23 +265,36 @@ class SAMM(nn.Module):
 
     Args:
         channel_multiplier: the generator's (2 for FFHQ config-f), sets C per level.
+        channel_max: the generator's channel cap (512 in every official config; see :meth:`for_generator`).
         warp_scale, cycle_align, bias: see :class:`SAMMBlock` (released E4E config: 0.08, 2, False).
         encoder_mode: ``official`` (bicubic e4e FPN, non-antialiased bilinear 1024->256 input, the setting the
             official weights were trained with) or ``e4e`` (encoder4editing as published); a checkpoint records it.
     """
 
     def __init__(self, channel_multiplier: int = 2, warp_scale: float = 0.08, cycle_align: int = 2,
-                 bias: bool = False, encoder_mode: str = "official"):
+                 bias: bool = False, encoder_mode: str = "official", channel_max: int = 512):
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode must be one of {', '.join(ENCODER_MODES)}, got {encoder_mode!r}")
         if not 1 <= cycle_align <= 3:
             raise ValueError(f"cycle_align must be 1, 2 or 3, got {cycle_align}")
-        ch = generator_channels(channel_multiplier)
+        ch = generator_channels(channel_multiplier, channel_max)
         self.config = {"channel_multiplier": channel_multiplier, "warp_scale": warp_scale,
                        "cycle_align": cycle_align, "bias": bias, "encoder_mode": encoder_mode}
+        if channel_max != 512:  # recorded only when set, so files of full-size SAMMs keep their config
+            self.config["channel_max"] = channel_max
         self.feats_conv = nn.ModuleList(nn.Conv2d(TAP_CHANNELS[TAP_FOR_RESOLUTION[r]], ch[r], 1) for r in RESOLUTIONS)
         self.modulation = nn.ModuleList(SAMMBlock(ch[r], warp_scale, cycle_align, bias) for r in RESOLUTIONS)
+
+    @classmethod
+    def for_generator(cls, generator: Generator, **kwargs: object) -> SAMM:
+        """A SAMM whose level channels are ``generator``'s (its channel multiplier and cap); ``kwargs`` as
+        :class:`SAMM` (warp_scale, cycle_align, bias, encoder_mode)."""
+        return cls(generator.channel_multiplier, channel_max=generator.channel_max, **kwargs)  # type: ignore[arg-type]
+
+    def matches(self, generator: Generator) -> bool:
+        """True when every level's channels equal ``generator``'s at that resolution."""
+        return all(self.block(r).channels == generator.channels[r] for r in RESOLUTIONS)
 
     @property
     def encoder_mode(self) -> str:
@@ -292,19 +303,22 @@ class SAMM(nn.Module):
     def block(self, res: int) -> SAMMBlock:
         return self.modulation[RESOLUTIONS.index(res)]
 
-    def project(self, features: Mapping[str, Tensor]) -> dict[int, Tensor]:
+    def project(self, features: Mapping[str, Tensor], levels: Sequence[int] = RESOLUTIONS) -> dict[int, Tensor]:
         """Encoder taps -> E per level.
 
         Args:
             features: the encoder's taps (``input_layer`` [N,64,256,256], ``body2`` [N,64,128,128],
                 ``body6`` [N,128,64,64], ``body20`` [N,256,32,32]); other keys are ignored.
+            levels: the resolutions to project (default all four); only their taps are needed, so a generator
+                smaller than 256 px and an encoder with only the coarse taps (``SmallEncoder``) work together.
         Returns:
-            resolution -> E [N,C,r,r].
+            resolution -> E [N,C,r,r] for each of ``levels``.
         """
-        missing = [t for t in TAP_FOR_RESOLUTION.values() if t not in features]
+        missing = [TAP_FOR_RESOLUTION[r] for r in levels if TAP_FOR_RESOLUTION[r] not in features]
         if missing:
             raise ValueError(f"SAMM needs the encoder taps {', '.join(missing)} (encode with return_features=True)")
-        return {r: conv(features[TAP_FOR_RESOLUTION[r]]) for r, conv in zip(RESOLUTIONS, self.feats_conv, strict=True)}
+        return {r: conv(features[TAP_FOR_RESOLUTION[r]])
+                for r, conv in zip(RESOLUTIONS, self.feats_conv, strict=True) if r in levels}
 
     def feature_hook(self, projected: Mapping[int, Tensor], trace: SAMMTrace,
                      cycle_align: int | None = None) -> FeatureHook:

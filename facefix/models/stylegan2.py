@@ -230,11 +230,16 @@ class ToRGB(nn.Module):
         return out
 
 
-def channels_for(channel_multiplier: int) -> dict[int, int]:
-    """Feature channels per resolution (config-f at channel_multiplier=2)."""
+def channels_for(channel_multiplier: int, channel_max: int = 512) -> dict[int, int]:
+    """Feature channels per resolution (config-f at channel_multiplier=2), each capped at ``channel_max``.
+
+    ``channel_max`` < 512 gives small generators (the tests' and the synthetic benchmark's 64 px, 32-channel one);
+    512 is every official StyleGAN2 config.
+    """
     cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
+    full = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
             1024: 16 * cm}
+    return {r: min(c, channel_max) for r, c in full.items()}
 
 
 class Generator(nn.Module):
@@ -245,6 +250,7 @@ class Generator(nn.Module):
         style_dim: D, size of z and w (512).
         n_mlp: mapping-network depth (8).
         channel_multiplier: 2 for config-f.
+        channel_max: cap on every level's channels (512 in the official configs; smaller for cheap test models).
         lr_mlp: mapping learning-rate multiplier (0.01); affects how weights are stored.
 
     Attributes read by callers: ``size``, ``log_size``, ``num_layers`` (noise inputs, 17 at 1024), ``n_latent``
@@ -252,15 +258,15 @@ class Generator(nn.Module):
     """
 
     def __init__(self, size: int, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
-                 lr_mlp: float = 0.01):
+                 lr_mlp: float = 0.01, channel_max: int = 512):
         super().__init__()
         if size < 8 or size & (size - 1):
             raise ValueError(f"size must be a power of two >= 8, got {size}")
         self.size, self.style_dim = size, style_dim
-        self.n_mlp, self.channel_multiplier = n_mlp, channel_multiplier
+        self.n_mlp, self.channel_multiplier, self.channel_max = n_mlp, channel_multiplier, channel_max
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation=True) for _ in range(n_mlp)])
-        self.channels = channels_for(channel_multiplier)
+        self.channels = channels_for(channel_multiplier, channel_max)
         self.input = ConstantInput(self.channels[4])
         self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim)
         self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False)
@@ -370,4 +376,5 @@ class Generator(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, style_dim={self.style_dim}, n_mlp={self.n_mlp}, "
-                f"channel_multiplier={self.channel_multiplier}, n_latent={self.n_latent}")
+                f"channel_multiplier={self.channel_multiplier}, channel_max={self.channel_max}, "
+                f"n_latent={self.n_latent}")
