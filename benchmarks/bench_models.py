@@ -3,7 +3,9 @@
 Run:  python benchmarks/bench_models.py [--threads 2] [--repeats 3] [--no-malloc-tuning]
           [--stages gen1,gen4,e4e,chain,restyle]
 
-Each stage runs in its own child process so that peak RSS (ru_maxrss) is per stage. FLOP counts are analytic
+Each stage runs in its own child process so that peak RSS (ru_maxrss) is per stage; models are built on the meta
+device and filled with ``assign=True`` (``facefix.models.recipe.build_recipe``), so weights are resident once, as
+after a checkpoint load. FLOP counts are analytic
 (``shared/research/perf_baseline.md``): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
 The allocator line says whether facefix's malloc tuning (``facefix.runtime.tune_malloc``) was applied.
 """
@@ -27,19 +29,20 @@ def _child(stage: str, threads: int, repeats: int, tune: bool) -> dict:
 
     from facefix.runtime import tune_malloc
 
-    applied = tune_malloc() if tune else False
     torch.set_num_threads(threads)
-    from facefix.models.recipe import fill_module, latent_avg
+    from facefix.models.recipe import build_recipe, latent_avg
     from facefix.models.stylegan2 import Generator
 
     gen = enc = None
     if stage in ("gen1", "gen4", "chain", "restyle"):
-        gen = fill_module(Generator(1024), "generator").eval().requires_grad_(False)
+        gen = build_recipe(lambda: Generator(1024), "generator")
     if stage in ("e4e", "chain", "restyle"):  # imported here so generator stages run without the encoders
         from facefix.models.encoders import Encoder4Editing, ReStyleEncoder
 
-        enc = (fill_module(Encoder4Editing(), "encoder", 5000) if stage != "restyle"
-               else fill_module(ReStyleEncoder(), "encoder", 6000)).eval().requires_grad_(False)
+        enc = (build_recipe(Encoder4Editing, "encoder", 5000) if stage != "restyle"
+               else build_recipe(ReStyleEncoder, "encoder", 6000))
+    # tuned after building: the recipe's temporaries would stay on the untrimmed heap (a checkpoint load leaves none)
+    applied = tune_malloc() if tune else False
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 256, 256, generator=g) * 2 - 1
     if stage == "gen1":

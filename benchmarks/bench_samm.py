@@ -32,24 +32,15 @@ _SHARED = os.environ.get("FACEFIX_SHARED", str(Path(__file__).resolve().parents[
 
 
 def _build(cycle_align: int):
-    import torch
-
     from facefix.models.encoders import Encoder4Editing
-    from facefix.models.recipe import latent_avg, recipe_state_dict
+    from facefix.models.recipe import build_recipe, latent_avg
     from facefix.models.samm import SAMM
     from facefix.models.stylegan2 import Generator
     from facefix.pipeline import FacefixPipeline
 
-    def build(cls, family, seed_base=None, **kw):
-        with torch.device("meta"):
-            m = cls(**kw)
-        entries = [(k, tuple(v.shape)) for k, v in m.state_dict().items()]
-        m.load_state_dict(recipe_state_dict(entries, family, seed_base), assign=True)
-        return m.eval().requires_grad_(False)
-
-    gen = build(Generator, "generator", size=1024)
-    enc = build(Encoder4Editing, "encoder", 5000)
-    samm = build(SAMM, "samm", cycle_align=cycle_align)
+    gen = build_recipe(lambda: Generator(1024), "generator")
+    enc = build_recipe(Encoder4Editing, "encoder", 5000)
+    samm = build_recipe(lambda: SAMM(cycle_align=cycle_align), "samm")
     return FacefixPipeline(gen, enc, latent_avg([512], 900).expand(18, 512).clone(), samm=samm)
 
 
@@ -86,12 +77,14 @@ def main() -> None:
 
     from facefix.runtime import tune_malloc
 
-    tuned = tune_malloc()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     pipe = _build(args.cycle_align)
     build_s = time.perf_counter() - t0
+    # tuned after building: the recipe's temporaries would stay on the untrimmed heap and count as the pipeline's
+    # memory (loading a checkpoint leaves none)
+    tuned = tune_malloc()
     rss_models = _rss_gb("VmRSS")
 
     from PIL import Image

@@ -17,6 +17,7 @@ pipeline has SAMM weights, else the landmark face mask when landmarks are given,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
 from facefix.models.samm import ENCODER_MODES, SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
+from facefix.runtime import mmap_large_blocks
 
 ENCODER_RES = 256
 ENCODER_TYPES = ("e4e", "restyle")
@@ -323,7 +325,9 @@ class FacefixPipeline:
                 trace = SAMMTrace()
                 hook = self.samm.feature_hook(self.samm.project(inversion.features), trace, cycle_align)
                 aligns = trace.aligns
-            gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
+            # a full SAMM pass allocates ever larger temporaries per level: see runtime.mmap_large_blocks
+            with nullcontext() if reference is not None and reference.aligns else mmap_large_blocks():
+                gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
             alpha = reused if reused is not None else compose_mask(aligns, size)
         else:
             gen = self.generator.synthesis(w, noise=noise, out_res=out_res)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 
 import torch
@@ -166,6 +166,17 @@ def fill_module(module: torch.nn.Module, family: str, seed_base: int | None = No
     entries = [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
     module.load_state_dict(recipe_state_dict(entries, family, seed_base), strict=True)
     return module
+
+
+def build_recipe(factory: Callable[[], torch.nn.Module], family: str, seed_base: int | None = None) -> torch.nn.Module:
+    """``factory()`` built on the meta device, then given recipe weights with ``assign=True``: each weight is
+    allocated once, as a checkpoint load leaves it (benchmarks measure peak memory; ``fill_module`` holds the
+    random init and the recipe copy at the same time). Returned in eval mode without gradients."""
+    with torch.device("meta"):
+        module = factory()
+    entries = [(k, tuple(v.shape)) for k, v in module.state_dict().items()]
+    module.load_state_dict(recipe_state_dict(entries, family, seed_base), strict=True, assign=True)
+    return module.eval().requires_grad_(False)
 
 
 def latent_avg(shape: Sequence[int], seed: int) -> Tensor:
