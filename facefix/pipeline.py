@@ -17,7 +17,6 @@ pipeline has SAMM weights, else the landmark face mask when landmarks are given,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -325,8 +324,9 @@ class FacefixPipeline:
                 trace = SAMMTrace()
                 hook = self.samm.feature_hook(self.samm.project(inversion.features), trace, cycle_align)
                 aligns = trace.aligns
-            # a full SAMM pass allocates ever larger temporaries per level: see runtime.mmap_large_blocks
-            with nullcontext() if reference is not None and reference.aligns else mmap_large_blocks():
+            # SAMM passes (and the replays between them) allocate ever larger temporaries per level, which
+            # fragment a heap that never maps: see runtime.mmap_large_blocks
+            with mmap_large_blocks():
                 gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
             alpha = reused if reused is not None else compose_mask(aligns, size)
         else:
