@@ -6,7 +6,7 @@ minor page faults and 5 s of system time per generator forward on 2 cores (``sha
 Telling malloc to keep large blocks on its heap (no mmap, no trimming) lets PyTorch reuse the same pages, the
 effect of preloading jemalloc without asking users to preload anything. Freed memory stays mapped to the process,
 which is what a short-lived CLI run wants. Set ``FACEFIX_MALLOC_TUNING=0`` to leave malloc alone.
-The one exception is a full SAMM pass, which maps its largest blocks again (:func:`mmap_large_blocks`) so that
+The one exception is a SAMM render, which maps its largest blocks again (:func:`mmap_large_blocks`) so that
 the heap does not fragment.
 
 This is a side effect on the whole process, so the library never does it on import: the CLI and the benchmarks
