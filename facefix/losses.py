@@ -32,6 +32,30 @@ from facefix.weights import safe_torch_load
 
 # torchvision ``vgg19().features`` up to conv5_4 (configuration "E"): numbers are conv widths, "M" max-pools.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+ConvSpec = tuple[int, int, int, int] | tuple[str, int, int]
+"""One torchvision ``features`` entry: (out channels, kernel, stride, padding) for a conv + ReLU, ("M", k, s) for a
+max-pool."""
+
+
+def _vgg_specs(cfg: tuple[int | str, ...]) -> tuple[ConvSpec, ...]:
+    """torchvision's VGG config (widths, "M") as :data:`ConvSpec` entries: 3x3 convs with padding 1, 2x2 pools."""
+    return tuple(("M", 2, 2) if c == "M" else (int(c), 3, 1, 1) for c in cfg)
+
+
+def _torchvision_features(specs: tuple[ConvSpec, ...], inplace: bool) -> tuple[list[nn.Module], dict[int, int]]:
+    """The layers of a torchvision ``features`` Sequential (so the ImageNet files' ``features.N.*`` keys fit) and,
+    per ReLU index, its channels."""
+    layers: list[nn.Module] = []
+    relu_channels: dict[int, int] = {}
+    in_ch = 3
+    for spec in specs:
+        if spec[0] == "M":
+            layers.append(nn.MaxPool2d(int(spec[1]), int(spec[2])))
+        else:
+            c, k, st, p = (int(v) for v in spec)
+            layers += [nn.Conv2d(in_ch, c, k, st, p), nn.ReLU(inplace=inplace)]
+            relu_channels[len(layers) - 1] = in_ch = c
+    return layers, relu_channels
 VGG_LAYERS = {"conv1_2": 2, "conv2_2": 7, "conv3_4": 16, "conv4_4": 25, "conv5_4": 34}
 """Layer name -> index in ``features`` (the conv itself, so the output is taken before its ReLU)."""
 VGG_LAYER_WEIGHTS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
@@ -63,15 +87,8 @@ class VGG19Features(nn.Module):
 
     def __init__(self):
         super().__init__()
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for v in _VGG19_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                # not inplace: the captured conv output must stay the pre-ReLU value
-                layers += [nn.Conv2d(in_ch, int(v), 3, padding=1), nn.ReLU()]
-                in_ch = int(v)
+        # not inplace: the captured conv output must stay the pre-ReLU value
+        layers, _ = _torchvision_features(_vgg_specs(_VGG19_CFG), inplace=False)
         self.features = nn.Sequential(*layers[:max(VGG_LAYERS.values()) + 1])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
@@ -190,14 +207,12 @@ class IdentityLoss(nn.Module):
         return (1 - self.similarity(y, x)).mean()
 
 
-# LPIPS trunks as torchvision builds ``alexnet().features`` / ``vgg16().features``, so the ImageNet files' keys
-# (``features.N.*``) fit: (out channels, kernel, stride, padding) convs, each followed by a ReLU, "M" = (max-pool
-# kernel, stride). Only the layers up to the last tap are built.
-_LPIPS_TRUNKS: dict[str, tuple[tuple[int, int, int, int] | tuple[str, int, int], ...]] = {
+# LPIPS trunks as torchvision builds ``alexnet().features`` / ``vgg16().features``; only the layers up to the
+# last tap are built.
+_LPIPS_TRUNKS: dict[str, tuple[ConvSpec, ...]] = {
     "alex": ((64, 11, 4, 2), ("M", 3, 2), (192, 5, 1, 2), ("M", 3, 2), (384, 3, 1, 1), (256, 3, 1, 1),
              (256, 3, 1, 1)),
-    "vgg": tuple((c, 3, 1, 1) if c != "M" else ("M", 2, 2) for c in
-                 (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)),
+    "vgg": _vgg_specs((64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)),
 }
 LPIPS_TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}
 """Trunk -> indices in ``features`` of the 5 ReLUs LPIPS compares (the ``lpips`` package's slice ends: AlexNet
@@ -252,17 +267,8 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS trunk {net!r}: expected one of {', '.join(_LPIPS_TRUNKS)}")
         self.net = net
         self.taps = LPIPS_TAPS[net]
-        layers: list[nn.Module] = []
-        relu_channels: dict[int, int] = {}  # features index of a ReLU -> its channels
-        in_ch = 3
-        for spec in _LPIPS_TRUNKS[net]:
-            if spec[0] == "M":
-                layers.append(nn.MaxPool2d(int(spec[1]), int(spec[2])))
-            else:
-                c, k, s, p = (int(v) for v in spec)
-                # in-place is safe: every tap is a ReLU output and the layer after it (conv or pool) makes a new one
-                layers += [nn.Conv2d(in_ch, c, k, s, p), nn.ReLU(inplace=True)]
-                relu_channels[len(layers) - 1] = in_ch = c
+        # in-place is safe: every tap is a ReLU output and the layer after it (conv or pool) makes a new one
+        layers, relu_channels = _torchvision_features(_LPIPS_TRUNKS[net], inplace=True)
         self.features = nn.Sequential(*layers[:self.taps[-1] + 1])
         self.lins = nn.ModuleDict({f"lin{k}": _LinLayer(relu_channels[i]) for k, i in enumerate(self.taps)})
         self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).reshape(1, 3, 1, 1), persistent=False)
