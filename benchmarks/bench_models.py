@@ -20,14 +20,14 @@ import subprocess
 import sys
 import time
 
+from timing import tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
+
 GEN_GFLOP = 150.77
 E4E_GFLOP = 145.0
 
 
 def _child(stage: str, threads: int, repeats: int, tune: bool) -> dict:
     import torch
-
-    from facefix.runtime import tune_malloc
 
     torch.set_num_threads(threads)
     from facefix.models.recipe import build_recipe, latent_avg
@@ -41,8 +41,7 @@ def _child(stage: str, threads: int, repeats: int, tune: bool) -> dict:
 
         enc = (build_recipe(Encoder4Editing, "encoder", 5000) if stage != "restyle"
                else build_recipe(ReStyleEncoder, "encoder", 6000))
-    # tuned after building: the recipe's temporaries would stay on the untrimmed heap (a checkpoint load leaves none)
-    applied = tune_malloc() if tune else False
+    applied = tune_after_build() if tune else False
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, 3, 256, 256, generator=g) * 2 - 1
     if stage == "gen1":

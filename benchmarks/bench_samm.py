@@ -20,15 +20,15 @@ loader does, so weights are resident once.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import resource
 import statistics
-import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+
+from timing import tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
 
 _SHARED = os.environ.get("FACEFIX_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
 
@@ -80,18 +80,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from facefix.runtime import tune_malloc
-
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
     pipe = _build(args.cycle_align)
     build_s = time.perf_counter() - t0
-    # The recipe's temporaries must not count as the pipeline's memory (loading a checkpoint leaves none): give
-    # their freed heap back, then tune.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    tuned = tune_malloc()
+    tuned = tune_after_build()
     rss_models = _rss_gb("VmRSS")
 
     from PIL import Image
