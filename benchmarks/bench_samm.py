@@ -12,9 +12,9 @@ the weight values):
   edit_edited    one edit with --mask-from edited (a full SAMM pass on the edited code, as the paper)
   edit_original  one edit with --mask-from original (replays the inversion's flows and masks: generator + warps)
 FLOPs (``shared/research/samm_spec.md`` §3.3): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
-Peak RSS is the process high-water mark during the timed rounds (reset after a warm-up round via
-/proc/self/clear_refs); models are built on the meta device and filled with ``assign=True``, as the checkpoint
-loader does, so weights are resident once.
+Peak RSS is each stage's high-water mark (reset before the stage via /proc/self/clear_refs), the max over the
+timed rounds after a warm-up round; the last line is the max over stages. Models are built on the meta device and
+filled with ``assign=True``, as the checkpoint loader does, so weights are resident once.
 """
 
 from __future__ import annotations
@@ -111,16 +111,18 @@ def main() -> None:
 
     @contextmanager
     def clock(name):
+        if rep:
+            _reset_peak()
         t = time.perf_counter()
         yield
         times[name].append(time.perf_counter() - t)
-        hwm[name] = _rss_gb()
+        if rep:
+            hwm[name] = max(hwm.get(name, 0.0), _rss_gb())
 
     for rep in range(args.repeats + 1):  # the first round warms up oneDNN and the allocator, not reported
         if rep == 1:
             times.clear()
             level_times.clear()
-            _reset_peak()
         with clock("prepare"):
             x, x256 = pipe.prepare(crop)
         with clock("encode"):
@@ -136,16 +138,17 @@ def main() -> None:
             pipe.render(x, inv, w_plus=w_edit, mask="samm")
         with clock("edit_original"):
             pipe.render(x, inv, w_plus=w_edit, mask="samm", reference=ref)
-    peak = _rss_gb()
+    peak = max(hwm.values())
     # level times: samm_pass and edit_edited each ran every level once per round
     per_level = {r: statistics.median(v) for r, v in sorted(level_times.items())}
 
     print(f"threads {args.threads}, cycle_align {args.cycle_align}, repeats {args.repeats}, allocator "
           f"{'glibc + facefix mallopt' if tuned else 'glibc default'}; models built in {build_s:.1f} s, "
-          f"RSS with models {rss_models:.2f} GB (peak columns: after a warm-up round, high-water mark reset)")
-    print(f"{'stage':<14} {'median s':>9} {'peak RSS GB so far':>19}")
+          f"RSS with models {rss_models:.2f} GB (peak column: the stage's own high-water mark, max over the "
+          f"timed rounds)")
+    print(f"{'stage':<14} {'median s':>9} {'peak RSS GB':>12}")
     for name, v in times.items():
-        print(f"{name:<14} {statistics.median(v):>9.2f} {hwm[name]:>19.2f}")
+        print(f"{name:<14} {statistics.median(v):>9.2f} {hwm[name]:>12.2f}")
         if name == "samm_pass":
             for r, s in per_level.items():
                 print(f"  samm_{r:<7} {s:>9.2f}")
