@@ -135,22 +135,36 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """x: [N,in,H,W], w: [N,D] -> [N,out,H',W'] with H' = 2H if upsample else H.
 
-        The batch runs as one grouped convolution (groups = N), as the reference's fused path does, so each sample
-        gets its own modulated filters and the numerics equal the reference's.
+        Each sample gets its own modulated filters, as in the reference's fused path, so the numerics equal the
+        reference's. The batch runs as one grouped convolution (groups = N), as the reference does, except in CPU
+        inference, where each sample runs its own convolution into a preallocated output: oneDNN's grouped
+        convolution needs ~1.4 GB more at batch 4 and 1024 px (peak RSS 3.35 GB instead of 1.97 GB in a process
+        running batch 1 and batch 4) and is not faster per image (paired runs on 2 cores: within 1%).
         """
-        n, _, h, wd = x.shape
+        n = x.shape[0]
         weight = self.modulated_weight(w)
+        if x.device.type != "cpu" or n == 1 or torch.is_grad_enabled():
+            return self._conv(x, weight)
+        first = self._conv(x[:1], weight[:1])
+        out = first.new_empty(n, *first.shape[1:])
+        out[:1] = first
+        for i in range(1, n):
+            out[i:i + 1] = self._conv(x[i:i + 1], weight[i:i + 1])
+        return out
+
+    def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
+        """x [N,I,H,W] with per-sample weights [N,O,I,k,k] as one grouped convolution (groups = N) ->
+        [N,O,H',W'] (transposed stride-2 conv and blur when upsampling)."""
+        n, _, h, wd = x.shape
         k = self.kernel_size
+        x = x.reshape(1, n * self.in_channel, h, wd)
         if self.upsample:
             # conv_transpose2d weights are [in, out/groups, k, k] per group.
             weight = weight.transpose(1, 2).reshape(n * self.in_channel, self.out_channel, k, k)
-            out = F.conv_transpose2d(x.reshape(1, n * self.in_channel, h, wd), weight, padding=0, stride=2,
-                                     groups=n)
-            out = out.view(n, self.out_channel, out.shape[2], out.shape[3])
-            return self.blur(out)
+            out = F.conv_transpose2d(x, weight, padding=0, stride=2, groups=n)
+            return self.blur(out.view(n, self.out_channel, out.shape[2], out.shape[3]))
         weight = weight.reshape(n * self.out_channel, self.in_channel, k, k)
-        out = F.conv2d(x.reshape(1, n * self.in_channel, h, wd), weight, padding=self.padding, groups=n)
-        return out.view(n, self.out_channel, h, wd)
+        return F.conv2d(x, weight, padding=self.padding, groups=n).view(n, self.out_channel, h, wd)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channel} -> {self.out_channel}, k={self.kernel_size}, upsample={self.upsample}, "
