@@ -53,17 +53,18 @@ def tune_malloc() -> bool:
 
 
 @contextmanager
-def mmap_large_blocks(threshold: int = 16 << 20) -> Iterator[None]:
+def mmap_large_blocks(threshold: int = 8 << 20) -> Iterator[None]:
     """Inside the block, allocations of at least ``threshold`` bytes get their own mmap again (returned to the
     kernel when freed), if :func:`tune_malloc` had turned that off; otherwise a no-op.
 
     Why: SAMM's levels allocate ever larger temporaries (4 MB at 32 px to 64 MB at 256 px). On a heap that never
     maps or trims, the freed blocks of one level are too small for the next one's, so the heap grows ~1 GB past
-    what is live (3.0-3.5 GB peak RSS for a 1024 photo instead of ~2.4 GB live). Mapping the blocks of 16 MB and
-    more (the level activations from 64 px up, the generator's 512/1024 px maps) keeps the peak near the live
+    what is live (3.0-3.5 GB peak RSS for a 1024 photo instead of ~2.4 GB live). Mapping the blocks of 8 MB and
+    more (the SAMM level activations and the generator's maps from 64 px up) keeps the peak near the live
     size, while the many smaller ones (Winograd chunks, see ``facefix.models.ops``) reuse heap pages. Measured
-    with ``benchmarks/bench_samm.py`` on 2 cores: a 64 MB threshold with 64 MB Winograd chunks peaked at
-    2.96-3.23 GB with ~2 s of page-fault time per photo; 16 MB with 8 MB chunks, 2.82-2.91 GB and ~0.8 s.
+    with ``benchmarks/bench_samm.py`` on 2 cores (peak over stages, 4-6 runs each): a 64 MB threshold with 64 MB
+    Winograd chunks, 2.96-3.23 GB and ~2 s more system time per SAMM pass; 16 MB with 8 MB chunks,
+    2.82-3.02 GB; 8 MB with 4 MB chunks, 2.64-2.94 GB at the same speed.
     """
     if _mallopt is None:
         yield

@@ -94,10 +94,10 @@ def make_kernel(k: list[float] | tuple[float, ...]) -> Tensor:
 _WINO_BT = ((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0))
 _WINO_AT = ((1.0, 1.0, 1.0, 0.0), (0.0, 1.0, -1.0, -1.0))
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-# Input-tile elements per chunk (8 MB in float32): bounds the extra memory, and stays below the 16 MB threshold
+# Input-tile elements per chunk (4 MB in float32): bounds the extra memory, and stays below the 8 MB threshold
 # of facefix.runtime.mmap_large_blocks so the chunks' buffers are heap pages reused chunk after chunk instead of
 # fresh mappings faulted in again each time (64 MB chunks cost ~1 s more per SAMM pass on 2 cores).
-WINOGRAD_CHUNK_ELEMS = 1 << 21
+WINOGRAD_CHUNK_ELEMS = 1 << 20
 
 
 def winograd_weight(weight: Tensor) -> Tensor:
