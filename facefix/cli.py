@@ -673,12 +673,13 @@ def invert(
 def edit(
     inputs: Inputs,
     age: Annotated[str | None, typer.Option(help="InterFaceGAN age: W+ += F x unit direction on all 18 rows "
-                                            "(e4e convention; useful range about -5..5; + is older). A:B:N sweeps "
+                                            "(e4e convention; useful range about -5..5; + is older). FROM:TO:N sweeps "
                                             "N values.")] = None,
-    smile: Annotated[str | None, typer.Option(help="InterFaceGAN smile factor F (or sweep A:B:N).")] = None,
-    pose: Annotated[str | None, typer.Option(help="InterFaceGAN pose (yaw) factor F (or sweep A:B:N).")] = None,
+    smile: Annotated[str | None, typer.Option(help="InterFaceGAN smile factor F (or sweep FROM:TO:N).")] = None,
+    pose: Annotated[str | None, typer.Option(help="InterFaceGAN pose (yaw) factor F (or sweep FROM:TO:N).")] = None,
     direction: Annotated[list[str] | None, typer.Option(
-        help="FILE[:F][@A-B]: any direction file (.pt/.npy; [512], [18,512], ...), factor F (default 1), W+ rows "
+        # "\\[": --help is rendered as Rich markup, where "[@...]" would be read as a tag and vanish
+        help="FILE[:F]\\[@A-B]: any direction file (.pt/.npy; [512], [18,512], ...), factor F (default 1), W+ rows "
         "A..B inclusive (default all). Repeatable.")] = None,
     ganspace: Annotated[list[str] | None, typer.Option(
         help="NAME[=V] sets the face's coordinate on the edit's PCA component to V (in std units; default the "

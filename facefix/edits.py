@@ -525,7 +525,7 @@ def parse_value(text: str | float, what: str = "value") -> float | list[float]:
         return _number(s, what)
     m = _SWEEP_RE.fullmatch(s)
     if m is None:
-        raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep A:B:N (-4:4:9)")
+        raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep FROM:TO:N (-4:4:9)")
     a, b, n = _number(m[1], what), _number(m[2], what), int(m[3])
     if not 2 <= n <= MAX_SWEEP_STEPS:
         raise UsageError(f"{what} {text!r}: a sweep needs 2 to {MAX_SWEEP_STEPS} steps, got {n}")
@@ -686,7 +686,7 @@ def build_edits(
     specs += _spec_list(styleclip, parse_styleclip_spec)
     swept = [s for s in specs if s.is_sweep]
     if len(swept) > 1:
-        raise UsageError("only one edit can be swept (A:B:N) per run; got sweeps for "
+        raise UsageError("only one edit can be swept (FROM:TO:N) per run; got sweeps for "
                          + ", ".join(s.target for s in swept))
 
     # One factory per spec: value -> Edit, with its files loaded once here.

@@ -141,3 +141,15 @@ def test_align_writes_crop_and_transform(tmp_path):
     expected = align_face(rgb, detect_faces(rgb, FaceDetector())[0])
     assert np.array_equal(crop, expected.crop)
     assert np.allclose(meta["quad"], expected.quad)
+
+
+@pytest.mark.parametrize("command", [[], ["invert"], ["edit"], ["align"], ["directions", "list"],
+                                     ["weights", "download"], ["train", "samm"]])
+def test_help_renders_the_option_syntax_verbatim(command):
+    """--help goes through Rich markup: "A:B:N" became an emoji ("🅱") and "[@A-B]" vanished as a tag."""
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    box = set("─│╭╮╰╯")
+    assert not [c for c in r.output if ord(c) > 127 and c not in box], r.output
+    if command == ["edit"]:
+        assert "FROM:TO:N" in r.output and "FILE[:F][@A-B]" in r.output
