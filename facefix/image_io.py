@@ -169,8 +169,10 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise InputError(f"{p}: cannot read file ({err.strerror or err})") from err
     try:
         with warnings.catch_warnings():
-            # Our own cap below replaces PIL's warning; its hard error (2x MAX_IMAGE_PIXELS) is caught below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # PIL warns about defects it recovers from (a corrupt EXIF block; the decompression-bomb size, which our
+            # own cap below replaces) as raw warnings with its source paths on stderr. facefix either reads the
+            # pixels (a broken EXIF block means no orientation) or reports one line, so they are noise here.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:

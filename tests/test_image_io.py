@@ -170,6 +170,21 @@ def test_truncated_jpeg(tmp_path, grace):
     assert "\n" not in str(e.value)
 
 
+def test_corrupt_exif_loads_upright_and_silently(tmp_path, grace):
+    import warnings
+
+    path = tmp_path / "bad_exif.jpg"
+    Image.fromarray(grace[:64, :48]).save(path, "JPEG", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00")
+    header_only = tmp_path / "header_only.tiff"
+    header_only.write_bytes(b"II*\x00\x08\x00\x00\x00")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image(path).rgb.shape == (64, 48, 3)  # the pixels, as stored (no orientation to apply)
+        with pytest.raises(InputError, match="not an image file"):
+            load_image(header_only)
+    assert [str(w.message) for w in caught] == []  # PIL's "Corrupt EXIF data" stays out of the CLI's stderr
+
+
 def _png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a few bytes of data: a decompression bomb's shape)."""
 
