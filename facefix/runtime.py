@@ -62,9 +62,9 @@ def mmap_large_blocks(threshold: int = 8 << 20) -> Iterator[None]:
     what is live (3.0-3.5 GB peak RSS for a 1024 photo instead of ~2.4 GB live). Mapping the blocks of 8 MB and
     more (the SAMM level activations and the generator's maps from 64 px up) keeps the peak near the live
     size, while the many smaller ones (Winograd chunks, see ``facefix.models.ops``) reuse heap pages. Measured
-    with ``benchmarks/bench_samm.py`` on 2 cores (peak over stages, 4-6 runs each): a 64 MB threshold with 64 MB
-    Winograd chunks, 2.96-3.23 GB and ~2 s more system time per SAMM pass; 16 MB with 8 MB chunks,
-    2.82-3.02 GB; 8 MB with 4 MB chunks, 2.64-2.94 GB at the same speed.
+    with ``benchmarks/bench_samm.py`` on 2 cores (peak over stages, 3-7 runs each): a 64 MB threshold with 64 MB
+    Winograd chunks, 3.06-3.23 GB and ~2 s more system time per SAMM pass; 16 MB with 8 MB chunks,
+    2.82-3.02 GB; 8 MB with 4 MB chunks, 2.60-2.94 GB at the same speed.
     """
     if _mallopt is None:
         yield
