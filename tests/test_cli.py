@@ -153,3 +153,22 @@ def test_help_renders_the_option_syntax_verbatim(command):
     assert not [c for c in r.output if ord(c) > 127 and c not in box], r.output
     if command == ["edit"]:
         assert "FROM:TO:N" in r.output and "FILE[:F][@A-B]" in r.output
+
+
+def test_every_help_text_survives_rich_markup():
+    """Each command's and option's help is shown through Rich markup; none may lose or change text there (an
+    escaped ``\\[`` is how a literal bracket is written)."""
+    import typer
+    from rich.text import Text
+
+    def texts(cmd, path):
+        yield path, cmd.help or ""
+        for p in cmd.params:
+            yield f"{path} {p.name}", getattr(p, "help", None) or ""
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from texts(sub, f"{path} {name}")
+
+    seen = list(texts(typer.main.get_command(app), "facefix"))
+    assert len(seen) > 50  # every command and option was visited
+    changed = [(where, h) for where, h in seen if Text.from_markup(h).plain != h.replace("\\[", "[")]
+    assert changed == []
