@@ -37,6 +37,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -657,12 +658,19 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if not p.is_file():
         raise WeightsError(f"{p}: checkpoint file not found")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (with its own source path) before it fails on pickle protocol >= 4; the error says it.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
         match = _GLOBAL_RE.search(msg)
         if match and ("weights only" in msg.lower() or "weights_only" in msg):
             raise WeightsError(f"{p}: refusing to load: the file contains pickled code ({match.group(1)})") from err
+        if "Unsupported operand 149" in msg:  # FRAME: pickle protocol 4+, which torch.save never writes by default
+            raise WeightsError(f"{p}: refusing to load: pickle protocol 4 or later, which the weights-only loader "
+                               "cannot check for pickled code; if it is your own tensor file, save it again with "
+                               "torch.save(obj, path) (default protocol) or as .npy") from err
         if "weights only" in msg.lower() or "weights_only" in msg:
             # The restricted unpickler stopped before naming a global: random bytes, or a plain pickle (protocol
             # framing torch.save does not use) that may carry code. Either way it is refused, and both are said.

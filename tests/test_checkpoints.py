@@ -79,6 +79,22 @@ def test_pickle_with_code_is_refused(tmp_path):
         load_generator(path)
 
 
+def test_protocol4_tensor_file_is_refused_with_a_fix_and_no_warning(tmp_path):
+    import warnings
+
+    from facefix.weights import safe_torch_load
+
+    path = tmp_path / "direction.pt"
+    torch.save(torch.randn(512), path, pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError, match=r"direction\.pt: refusing to load: pickle protocol 4.*torch\.save"):
+            safe_torch_load(path)
+    assert [str(w.message) for w in caught] == []
+    torch.save(torch.randn(512), path)  # the default protocol loads
+    assert safe_torch_load(path).shape == (512,)
+
+
 def test_e4e_file_gives_encoder_decoder_and_latent_avg(e4e64_file):
     loaded = load_encoder(e4e64_file)
     assert loaded.kind == "e4e" and loaded.generator.size == 64
