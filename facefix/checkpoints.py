@@ -15,7 +15,6 @@ first offending keys. Two known variants of the public files are tolerated:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from facefix.errors import WeightsError
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, SmallEncoder
 from facefix.models.ops import make_kernel
 from facefix.models.samm import ENCODER_MODES, SAMM
-from facefix.models.stylegan2 import BLUR_KERNEL, Generator
+from facefix.models.stylegan2 import BLUR_KERNEL, Generator, n_latent_for
 from facefix.weights import load_safetensors_cache, safe_torch_load, to_safetensors_cache
 
 _NOISE = re.compile(r"^noises\.noise_\d+$")
@@ -236,7 +235,7 @@ def load_encoder(path: str | Path, map_location: str | torch.device = "cpu",
         raise WeightsError(f"{where}: no encoder.* weights in state_dict")
     generator = generator_from_state(dec_state, where) if with_generator else None
     size = infer_generator_config(dec_state, where)["size"]
-    n_latent = 2 * int(math.log2(size)) - 2
+    n_latent = n_latent_for(size)
     encoder, kind = encoder_from_state(enc_state, n_latent, where, fpn_upsample)
     avg = _latent_avg_wplus(ckpt.get("latent_avg"), n_latent, where)
     return LoadedEncoder(encoder, avg, generator, size, kind)

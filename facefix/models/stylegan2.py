@@ -245,6 +245,12 @@ class ToRGB(nn.Module):
         return out
 
 
+def n_latent_for(size: int) -> int:
+    """W+ rows L of a ``size`` px generator, ``2 * log2(size) - 2`` (18 at 1024, 10 at 64): two per level, each
+    ToRGB reading the row of the next level's first conv."""
+    return 2 * int(math.log2(size)) - 2
+
+
 def channels_for(channel_multiplier: int, channel_max: int = 512) -> dict[int, int]:
     """Feature channels per resolution (config-f at channel_multiplier=2), each capped at ``channel_max``.
 
@@ -301,7 +307,7 @@ class Generator(nn.Module):
             self.convs.append(StyledConv(out_channel, out_channel, 3, style_dim))
             self.to_rgbs.append(ToRGB(out_channel, style_dim))
             in_channel = out_channel
-        self.n_latent = self.log_size * 2 - 2
+        self.n_latent = n_latent_for(size)
         # False when a checkpoint without noise buffers was loaded: the buffers then hold init values, not data.
         self.has_fixed_noise = True
 
