@@ -664,16 +664,17 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
             return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
+        restricted = "weights only" in msg.lower() or "weights_only" in msg  # torch's weights-only unpickler stopped
         match = _GLOBAL_RE.search(msg)
-        if match and ("weights only" in msg.lower() or "weights_only" in msg):
+        if match and restricted:
             raise WeightsError(f"{p}: refusing to load: the file contains pickled code ({match.group(1)})") from err
         if "Unsupported operand 149" in msg:  # FRAME: pickle protocol 4+, which torch.save never writes by default
             raise WeightsError(f"{p}: refusing to load: pickle protocol 4 or later, which the weights-only loader "
                                "cannot check for pickled code; if it is your own tensor file, save it again with "
                                "torch.save(obj, path) (default protocol) or as .npy") from err
-        if "weights only" in msg.lower() or "weights_only" in msg:
-            # The restricted unpickler stopped before naming a global: random bytes, or a plain pickle (protocol
-            # framing torch.save does not use) that may carry code. Either way it is refused, and both are said.
+        if restricted:
+            # Stopped before naming a global, at an opcode torch.save does not write: random bytes, or a plain
+            # pickle that may carry code. Either way it is refused, and both are said.
             detail = next((ln.strip() for ln in msg.splitlines() if ln.strip().startswith("Unsupported")), "")
             raise WeightsError(f"{p}: refusing to load: corrupt file, or pickled code that is not plain weights"
                                f"{f' ({detail})' if detail else ''}") from err
