@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from facefix.errors import WeightsError
+from facefix.errors import UsageError, WeightsError
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, SmallEncoder
 from facefix.models.ops import make_kernel
 from facefix.models.samm import ENCODER_MODES, SAMM
@@ -54,6 +54,12 @@ class LoadedEncoder:
     generator: Generator | None
     generator_size: int
     kind: str  # "e4e" | "restyle" | "small"
+
+    def check_generator(self, generator: Generator, where: object) -> None:
+        """A separate generator (``where``: its file) must be the size this encoder's codes are for."""
+        if generator.size != self.generator_size:
+            raise UsageError(f"{where}: a {generator.size}px generator does not fit the encoder's "
+                             f"{self.generator_size}px codes")
 
 
 def _keys_summary(keys: list[str], n: int = 3) -> str:

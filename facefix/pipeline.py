@@ -218,9 +218,7 @@ class FacefixPipeline:
             gen_path = weights.resolve("stylegan2", override=generator, offline=offline)
             lg = checkpoints.load_generator(gen_path)
             gen, gen_avg = lg.generator, lg.latent_avg
-            if gen.size != loaded.generator_size:
-                raise UsageError(f"{generator}: a {gen.size}px generator does not fit the encoder's "
-                                 f"{loaded.generator_size}px codes")
+            loaded.check_generator(gen, generator)
         assert gen is not None
         latent_avg, samm_model = loaded.latent_avg, None
         if samm is not None:

@@ -550,9 +550,7 @@ def load_models(encoder_path: str | os.PathLike[str] | None, generator_path: str
     generator, latent_avg = loaded.generator, loaded.latent_avg
     if generator_path is not None:
         lg = checkpoints.load_generator(weights.resolve("stylegan2", override=generator_path, offline=offline))
-        if lg.generator.size != loaded.generator_size:
-            raise UsageError(f"{generator_path}: a {lg.generator.size}px generator does not fit the encoder's "
-                             f"{loaded.generator_size}px codes")
+        loaded.check_generator(lg.generator, generator_path)
         generator = lg.generator
         if encoder_mode == "official" and lg.latent_avg is not None:
             latent_avg = lg.latent_avg.reshape(1, -1).expand(generator.n_latent, -1).clone()
