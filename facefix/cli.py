@@ -24,7 +24,7 @@ import typer
 
 from facefix import __version__
 from facefix.batch import InputFile
-from facefix.errors import FacefixError, UsageError
+from facefix.errors import FacefixError, InputError, UsageError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 SAVE_CHOICES = ("aligned", "mask", "latent", "grid")
@@ -412,7 +412,6 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
     from facefix.align import FaceDetector, align_face, detect_faces, paste_back
     from facefix.batch import safe_label
     from facefix.edits import apply_edits
-    from facefix.errors import InputError
     from facefix.image_io import load_image, save_image, suffix_for, to_uint8
     from facefix.latents import load_latent, save_latent
     from facefix.pipeline import Inversion, PipelineOutput
@@ -727,8 +726,12 @@ def edit(
         extras = _check_common(mask, mask_from, resolution, save)
         from facefix.edits import build_edits
 
-        variants = build_edits(age=age, smile=smile, pose=pose, directions=direction or [], ganspace=ganspace or [],
-                               styleclip=styleclip or [], text=text, offline=True if offline else None)
+        try:
+            variants = build_edits(age=age, smile=smile, pose=pose, directions=direction or [],
+                                   ganspace=ganspace or [], styleclip=styleclip or [], text=text,
+                                   offline=True if offline else None)
+        except InputError as e:  # a bad --direction file: no photo was tried, so exit 2 (usage), not 1 (failed)
+            raise UsageError(str(e)) from None
         if not any(v.edits for v in variants):
             raise UsageError("no edit given: add e.g. --age 3, --ganspace NAME, --direction FILE "
                              "(see `facefix directions list`)")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from facefix import __version__
 from facefix.cli import app
-from tests.conftest import GOLDEN
+from tests.conftest import GOLDEN, write_generator_checkpoint
 
 runner = CliRunner()
 ALIGNED = GOLDEN / "align" / "grace_hopper_aligned1024.png"
@@ -127,6 +127,14 @@ def test_missing_weights_offline_is_one_line(tmp_path, monkeypatch):
 def test_encoder_type_must_match_the_file(tmp_path, e4e64_file):
     r = run("invert", ALIGNED, "--aligned", "--encoder", e4e64_file, "--encoder-type", "restyle", "-o", tmp_path)
     assert r.exit_code == 2 and "this file holds a e4e encoder" in r.output
+
+
+def test_generator_must_fit_the_encoder(tmp_path, e4e64_file):
+    g32 = write_generator_checkpoint(tmp_path / "g32.pt", size=32)  # 8 W+ rows; the e4e file's codes have 10
+    r = run("invert", ALIGNED, "--aligned", "--encoder", e4e64_file, "--generator", g32, "-o", tmp_path / "out")
+    assert r.exit_code == 2, r.output
+    assert "a 32px generator does not fit the encoder's 64px codes" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.png"))
 
 
 def test_align_writes_crop_and_transform(tmp_path):
