@@ -13,6 +13,8 @@ exactly (see ``shared/golden``); only the API differs:
 - ``out_res`` stops early: the skip architecture has a valid RGB image at every level.
 - ``feature_hook(res, y)`` sees (and may replace) the output of each up-sampling conv before noise and bias, which
   is where SAMM aligns generated features to the encoder's (``shared/research/samm_spec.md`` §2.5).
+- A batch in CPU inference runs its small levels once with shared weights and the large ones per sample
+  (:data:`CPU_BATCH_SHARED_RES`): the same images as batch 1 within float rounding, cheaper per image.
 
 Dimension letters: N batch, C channels, L W+ rows (n_latent, 18 at 1024), D style dim (512).
 """
@@ -32,6 +34,19 @@ FeatureHook = Callable[[int, Tensor], Tensor]
 """``hook(res, y) -> y'``: y [N,C,res,res] is an up-sampling conv's output before noise and bias."""
 
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
+
+CPU_BATCH_SHARED_RES = 64
+"""In CPU inference of a batch (N > 1, no autograd, no feature hook), the levels up to this resolution run in the
+shared-weight form over the whole batch, and the rest one sample at a time.
+
+Why: below 128 px the maps are small and each sample's modulated filters large (512x512x3x3), so N small GEMMs
+that each build and read their own filters lose to one batched GEMM over the shared weight: on 2 cores the 4-64 px
+levels (``out_res=64``, medians of 15 rounds) took 235-266 ms at batch 1 and 185-208 ms per image at batch 4, and
+the shared form alone is no faster at batch 1 (248 vs 253 ms), so the saving is the batch's. Above, the
+maps are large (a 1024 px map is 134 MB) and there is nothing left to share: one sample at a time keeps a map in
+cache and needs no copies into a batch tensor, while sharing every level made batch 4 1.29-1.38x slower per
+image. Cut-offs at 32, 128 and 256 px saved 33, 46 and 23 ms per image against 58 ms at 64.
+"""
 
 
 class PixelNorm(nn.Module):
@@ -132,6 +147,30 @@ class ModulatedConv2d(nn.Module):
             weight = weight * demod.view(n, self.out_channel, 1, 1, 1)
         return weight
 
+    def forward_shared(self, x: Tensor, w: Tensor) -> Tensor:
+        """The same layer as :meth:`forward` in its shared-weight form (the reference's ``fused=False``):
+        x: [N,in,H,W], w: [N,D] -> [N,out,H',W'].
+
+        The styles scale the input channels, one convolution with the shared weight runs over the whole batch, and
+        demodulation scales the output channels: ``demod[n,o] = rsqrt(sum_i (scale * style[n,i])**2 *
+        sum_k weight[o,i,k]**2 + 1e-8)``, the norm of sample n's modulated filter o without building the filters.
+        Equal to :meth:`forward` up to float rounding (< 1e-5 on a 1024 px image in [-1,1]). It pays off where
+        the per-sample filters are large and the maps small, so that one batched GEMM replaces N small ones
+        (``Generator.synthesis``); at batch 1 the two forms take the same time.
+        """
+        n = x.shape[0]
+        style = self.modulation(w) * self.scale                                 # [N,I]
+        weight = self.weight[0]                                                 # [O,I,k,k]
+        x = x * style.view(n, self.in_channel, 1, 1)
+        if self.upsample:
+            out = self.blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2))
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if self.demodulate:
+            demod = torch.rsqrt(style.square() @ weight.square().sum([2, 3]).t() + 1e-8)  # [N,O]
+            out = out.mul_(demod.view(n, self.out_channel, 1, 1))
+        return out
+
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """x: [N,in,H,W], w: [N,D] -> [N,out,H',W'] with H' = 2H if upsample else H.
 
@@ -140,7 +179,9 @@ class ModulatedConv2d(nn.Module):
         inference, where each sample runs its own convolution into a preallocated output: oneDNN's grouped
         convolution needs ~1.4 GB more at batch 4 and 1024 px (peak RSS 3.35 GB instead of 1.97 GB in a process
         running batch 1 and batch 4) and is not faster per image (paired rounds on 2 cores: the loop's per-image
-        time over the grouped one's 1.01-1.06, within the 1.02 that identical code measured).
+        time over the grouped one's 1.01-1.06, within the 1.02 that identical code measured). Without a feature
+        hook, ``Generator.synthesis`` splits a CPU batch itself (:data:`CPU_BATCH_SHARED_RES`); this loop serves a
+        hooked batch (SAMM with ``--batch-size`` > 1 on a CPU).
         """
         n = x.shape[0]
         weight = self.modulated_weight(w)
@@ -215,9 +256,11 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(out_channel)
 
-    def forward(self, x: Tensor, w: Tensor, noise: Tensor, hook: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        """x: [N,in,H,W], w: [N,D], noise: [N or 1,1,H',W'] -> [N,out,H',W']."""
-        out = self.conv(x, w)
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor, hook: Callable[[Tensor], Tensor] | None = None,
+                shared: bool = False) -> Tensor:
+        """x: [N,in,H,W], w: [N,D], noise: [N or 1,1,H',W'] -> [N,out,H',W'].
+        ``shared``: use the conv's shared-weight form (:meth:`ModulatedConv2d.forward_shared`)."""
+        out = self.conv.forward_shared(x, w) if shared else self.conv(x, w)
         if hook is not None:
             out = hook(out)
         # Without autograd, noise and activation overwrite tensors this call owns (the conv's output; a hook may
@@ -237,9 +280,9 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        """x: [N,C,H,W], w: [N,D], skip: [N,3,H/2,W/2] or None -> [N,3,H,W]."""
-        out = self.conv(x, w) + self.bias
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None, shared: bool = False) -> Tensor:
+        """x: [N,C,H,W], w: [N,D], skip: [N,3,H/2,W/2] or None -> [N,3,H,W]. ``shared`` as in StyledConv."""
+        out = (self.conv.forward_shared(x, w) if shared else self.conv(x, w)) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
         return out
@@ -375,20 +418,34 @@ class Generator(nn.Module):
         if len(noise) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} noise tensors, got {len(noise)}")
 
-        out = self.conv1(self.input(n), w_plus[:, 0], noise[0])
-        skip = self.to_rgb1(out, w_plus[:, 1])
-        res = 4
-        for level, to_rgb in enumerate(self.to_rgbs):
-            if res >= out_res:
-                break
+        # A CPU inference batch shares the small levels' weights, then goes on one sample at a time (see
+        # CPU_BATCH_SHARED_RES); anything else (batch 1, autograd, GPUs, a feature hook) runs as the reference.
+        split = n > 1 and feature_hook is None and w_plus.device.type == "cpu" and not torch.is_grad_enabled()
+        shared_res = min(out_res, CPU_BATCH_SHARED_RES) if split else out_res
+        out = self.conv1(self.input(n), w_plus[:, 0], noise[0], shared=split)
+        skip = self.to_rgb1(out, w_plus[:, 1], shared=split)
+        out, skip = self._levels(out, skip, w_plus, noise, shared_res, feature_hook, shared=split)
+        if shared_res == out_res:
+            return skip
+        return torch.cat([self._levels(out[k:k + 1], skip[k:k + 1], w_plus[k:k + 1],
+                                       [nz[k:k + 1] if nz.shape[0] > 1 else nz for nz in noise], out_res)[1]
+                          for k in range(n)])
+
+    def _levels(self, out: Tensor, skip: Tensor, w_plus: Tensor, noise: Sequence[Tensor], out_res: int,
+                feature_hook: FeatureHook | None = None, shared: bool = False) -> tuple[Tensor, Tensor]:
+        """Run the levels from the input's resolution r up to ``out_res``: features out [N,C,r,r] and RGB skip
+        [N,3,r,r] in, the same two at ``out_res`` out. ``shared``: the convs' shared-weight form."""
+        res = out.shape[-1]
+        while res < out_res:
+            level = int(math.log2(res)) - 2  # 4 px -> the first up-sampling level (8 px)
             res *= 2
             i = 1 + 2 * level  # W+ row of this level's up-sampling conv
             up, conv = self.convs[2 * level], self.convs[2 * level + 1]
             hook = None if feature_hook is None else (lambda y, r=res: feature_hook(r, y))
-            out = up(out, w_plus[:, i], noise[i], hook)
-            out = conv(out, w_plus[:, i + 1], noise[i + 1])
-            skip = to_rgb(out, w_plus[:, i + 2], skip)
-        return skip
+            out = up(out, w_plus[:, i], noise[i], hook, shared=shared)
+            out = conv(out, w_plus[:, i + 1], noise[i + 1], shared=shared)
+            skip = self.to_rgbs[level](out, w_plus[:, i + 2], skip, shared=shared)
+        return out, skip
 
     def forward(self, w_plus: Tensor, noise: Sequence[Tensor] | None = None,
                 generator: torch.Generator | None = None, out_res: int | None = None) -> Tensor:

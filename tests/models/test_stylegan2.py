@@ -45,13 +45,31 @@ def test_mapping(g64):
 def test_synthesis_fixed_noise_batch_and_single(g64):
     d = golden("g64_synthesis.npz")
     wplus = torch.from_numpy(d["wplus"])
-    looped = g64.synthesis(wplus)  # CPU inference: one convolution per sample
+    shared = g64.synthesis(wplus)  # a CPU inference batch: all levels (<= 64 px) in the shared-weight form
+    close(shared, d["img"])
+    looped = g64.synthesis(wplus, feature_hook=lambda res, y: y)  # a hooked batch: one convolution per sample
     close(looped, d["img"])
     with torch.enable_grad():  # the reference's grouped convolution, kept for autograd
         grouped = g64.synthesis(wplus)
     assert (grouped - looped).abs().max() <= 1e-5
+    assert (grouped - shared).abs().max() <= 1e-5
     for i in range(2):
         close(g64.synthesis(wplus[i:i + 1]), d["img_batch1"][i:i + 1])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("out_res", [32, 256])
+def test_cpu_batch_equals_one_sample_at_a_time(g1024, out_res):
+    """A CPU batch shares the levels up to 64 px and runs the rest per sample: the same images as batch 1, with
+    per-sample random noise ([N,1,r,r], sliced per sample) and with the fixed buffers ([1,1,r,r])."""
+    w = torch.randn(2, 18, 512, generator=torch.Generator().manual_seed(0))
+    for noise in (g1024.random_noise(2, torch.Generator().manual_seed(1)), None):
+        both = g1024.synthesis(w, noise=noise, out_res=out_res)
+        each = torch.cat([g1024.synthesis(w[k:k + 1], out_res=out_res,
+                                          noise=None if noise is None else [nz[k:k + 1] for nz in noise])
+                          for k in range(2)])
+        assert both.shape == (2, 3, out_res, out_res)
+        assert (both - each).abs().max() <= 1e-4
 
 
 @torch.no_grad()
