@@ -32,6 +32,12 @@ from facefix.weights import safe_torch_load
 
 # torchvision ``vgg19().features`` up to conv5_4 (configuration "E"): numbers are conv widths, "M" max-pools.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
+VGG_LAYERS = {"conv1_2": 2, "conv2_2": 7, "conv3_4": 16, "conv4_4": 25, "conv5_4": 34}
+"""Layer name -> index in ``features`` (the conv itself, so the output is taken before its ReLU)."""
+VGG_LAYER_WEIGHTS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 ConvSpec = tuple[int, int, int, int] | tuple[str, int, int]
 """One torchvision ``features`` entry: (out channels, kernel, stride, padding) for a conv + ReLU, ("M", k, s) for a
 max-pool."""
@@ -56,11 +62,6 @@ def _torchvision_features(specs: tuple[ConvSpec, ...], inplace: bool) -> tuple[l
             layers += [nn.Conv2d(in_ch, c, k, st, p), nn.ReLU(inplace=inplace)]
             relu_channels[len(layers) - 1] = in_ch = c
     return layers, relu_channels
-VGG_LAYERS = {"conv1_2": 2, "conv2_2": 7, "conv3_4": 16, "conv4_4": 25, "conv5_4": 34}
-"""Layer name -> index in ``features`` (the conv itself, so the output is taken before its ReLU)."""
-VGG_LAYER_WEIGHTS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_keys(module: nn.Module, state: Mapping[str, Tensor], where: str, what: str) -> None:
