@@ -179,12 +179,14 @@ def test_resume_after_kill_gives_identical_outputs(tmp_path, e4e64_file):
         Image.fromarray(np.roll(base, 40 * k, axis=1)).save(src / f"f{k}.png")
     args = ("invert", src, "--aligned", "--encoder", e4e64_file, "--save", "latent", "--mask", "error",
             "--resolution", "256")
-    # 1. interrupted run: killed as soon as the first photo is written
+    # 1. interrupted run: killed as soon as the first photo's outputs are all written (its PNG comes before its
+    # latent, so a kill between the two leaves f0 incomplete and the resume would redo it rather than skip it)
     proc = _cli(*args, "-o", tmp_path / "out")
+    first = [tmp_path / "out" / "f0.png", tmp_path / "out" / "f0.latent.pt"]
     deadline = time.time() + 240
-    while time.time() < deadline and not (tmp_path / "out" / "f0.png").exists():
+    while time.time() < deadline and not all(f.exists() for f in first):
         time.sleep(0.05)
-    assert (tmp_path / "out" / "f0.png").exists(), proc.communicate()[1].decode()[-2000:]
+    assert all(f.exists() for f in first), proc.communicate()[1].decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name for p in (tmp_path / "out").glob("f*.png")}
