@@ -191,36 +191,51 @@ def _pyramid_sizes(h: int, w: int, upsample: int, layout: _HogLayout) -> list[tu
     return sizes
 
 
-def _level_window(photo: np.ndarray, step: tuple[float, float], variance: float, bias: float,
-                  window: tuple[int, int, int, int]) -> np.ndarray:
-    """Pixels [y0:y1, x0:x1] of a pyramid level whose pixel (x, y) lies at photo point (x sx, y sy).
+def _shrink_region(photo: np.ndarray, region: tuple[int, int, int, int], q: int) -> tuple[np.ndarray, int, int]:
+    """photo[y0:y1, x0:x1] area-averaged by q (whole q x q blocks): (float32 image, y0, x0). Its pixel (i, j)
+    averages photo rows y0 + i q .. y0 + i q + q - 1 (centre y0 + i q + (q - 1) / 2), and likewise columns."""
+    import cv2
+
+    y0, y1, x0, x1 = region
+    y1, x1 = y0 + max((y1 - y0) // q, 1) * q, x0 + max((x1 - x0) // q, 1) * q
+    src = photo[y0:y1, x0:x1]
+    if q > 1:
+        src = cv2.resize(src, (src.shape[1] // q, src.shape[0] // q), interpolation=cv2.INTER_AREA)
+    return src.astype(np.float32), y0, x0
+
+
+def _level_window(shrunk: tuple[np.ndarray, int, int], q: int, step: tuple[float, float], variance: float,
+                  bias: float, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels [y0:y1, x0:x1] of a pyramid level whose pixel (x, y) lies at photo point (x sx, y sy), as uint8.
 
     dlib makes a level by a chain of bilinear resizes, each truncating to uint8; this samples the photo directly
-    on the same grid, blurred by a Gaussian of the chain's variance (photo px^2; area-averaged first when the
-    level is much coarser) and lowered by the chain's mean truncation ``bias``. Pixel values differ from dlib's by
-    ~1 level, which moves window scores by a few hundredths but not which window wins.
+    on the same grid, blurred by a Gaussian of the chain's variance (photo px^2; ``shrunk`` is the photo around
+    the face area-averaged by q, see :func:`_shrink_region`) and lowered by the chain's mean truncation ``bias``.
+    Pixel values differ from dlib's by ~1 level, which moves window scores by a few hundredths but not which
+    window wins.
     """
     import cv2
 
+    img, oy, ox = shrunk
     sy, sx = step
     y0, y1, x0, x1 = window
-    h, w = photo.shape[:2]
-    reach = 4.0 * np.sqrt(variance) + 2.0
-    py0 = max(int(np.floor(y0 * sy - reach)), 0)
-    px0 = max(int(np.floor(x0 * sx - reach)), 0)
-    py1 = min(int(np.ceil((y1 - 1) * sy + reach)) + 1, h)
-    px1 = min(int(np.ceil((x1 - 1) * sx + reach)) + 1, w)
-    q = max(1, int(min(sx, sy) / 2))  # area-average by q first: cheap, and leaves >= 2 px per level px
-    py1, px1 = py0 + max((py1 - py0) // q, 1) * q, px0 + max((px1 - px0) // q, 1) * q
-    src = photo[py0:min(py1, h), px0:min(px1, w)]
-    if q > 1:
-        src = cv2.resize(src, (src.shape[1] // q, src.shape[0] // q), interpolation=cv2.INTER_AREA)
-    src = src.astype(np.float32)
-    rest = (variance - (q * q - 1) / 12.0) / (q * q) - 1.0 / 6.0  # minus the box's and bilinear's own
+    r = max(1, int(min(sx, sy) / (2 * q)))  # coarser levels: area-average r x r more (a qr box in photo px)
+    rest = (variance - ((q * r) ** 2 - 1) / 12.0) / (q * r) ** 2 - 1.0 / 6.0  # minus the box's and bilinear's
+    reach = (4.0 * np.sqrt(max(rest, 0.0)) + 2.0) * r
+    # level (x, y) -> photo (x sx, y sy) -> shrunk ((x sx - ox - (q - 1) / 2) / q, ...); cut what the blur reaches.
+    ax, bx = sx / q, (x0 * sx - ox - (q - 1) / 2) / q
+    ay, by = sy / q, (y0 * sy - oy - (q - 1) / 2) / q
+    cx0 = min(max(int(np.floor(bx - reach)), 0), img.shape[1] - 1)
+    cy0 = min(max(int(np.floor(by - reach)), 0), img.shape[0] - 1)
+    cx1 = max(min(int(np.ceil(ax * (x1 - x0 - 1) + bx + reach)) + 1, img.shape[1]), cx0 + 1)
+    cy1 = max(min(int(np.ceil(ay * (y1 - y0 - 1) + by + reach)) + 1, img.shape[0]), cy0 + 1)
+    cy1, cx1 = cy0 + max((cy1 - cy0) // r, 1) * r, cx0 + max((cx1 - cx0) // r, 1) * r
+    src = img[cy0:cy1, cx0:cx1]
+    if r > 1:
+        src = cv2.resize(src, (src.shape[1] // r, src.shape[0] // r), interpolation=cv2.INTER_AREA)
     if rest > 1e-3:
         src = cv2.GaussianBlur(src, (0, 0), float(np.sqrt(rest)), borderType=cv2.BORDER_REPLICATE)
-    # level (x, y) -> photo (x sx, y sy) -> src ((x sx - px0 - (q-1)/2) / q, ...)
-    m = np.array([[sx / q, 0, (x0 * sx - px0 - (q - 1) / 2) / q], [0, sy / q, (y0 * sy - py0 - (q - 1) / 2) / q]])
+    m = np.array([[ax / r, 0, (bx - cx0 - (r - 1) / 2) / r], [0, ay / r, (by - cy0 - (r - 1) / 2) / r]])
     out = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
     return np.ascontiguousarray(np.clip(np.floor(out - bias), 0, 255).astype(np.uint8))
@@ -323,18 +338,30 @@ class FaceDetector:
         k_face = _lround(np.log(max(box[2] - box[0], 1.0) / steps[0][1] / _LEVEL_BOX_PX) / np.log(1.2))
         cell = layout.cell
         margin = 3 * cell  # HOG cells see ~2 cells around them (block normalisation + bilinear binning)
-        found: list[Candidate] = []
+        windows: dict[int, tuple[int, int, int, int]] = {}
         for k in range(max(0, k_face - span), min(len(sizes) - 1, k_face + span) + 1):
             sy, sx = steps[k]
-            lvl_h, lvl_w = sizes[k]
             bl, bt, br, bb = box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy
             grow = 0.5 * max(br - bl, bb - bt) + margin
             x0 = max(int(np.floor(bl - grow)), 0) // cell * cell
             y0 = max(int(np.floor(bt - grow)), 0) // cell * cell
-            x1, y1 = min(int(np.ceil(br + grow)), lvl_w), min(int(np.ceil(bb + grow)), lvl_h)
-            if x1 - x0 < 2 * margin or y1 - y0 < 2 * margin:
-                continue
-            img = _level_window(rgb, steps[k], var[k], 0.5 * (self.upsample + k), (y0, y1, x0, x1))
+            x1, y1 = min(int(np.ceil(br + grow)), sizes[k][1]), min(int(np.ceil(bb + grow)), sizes[k][0])
+            if x1 - x0 >= 2 * margin and y1 - y0 >= 2 * margin:
+                windows[k] = (y0, y1, x0, x1)
+        if not windows:
+            return []
+        # One area-averaged copy of the photo around the face serves every level (its q suits the finest one).
+        q = max(1, int(min(steps[min(windows)]) / 2))
+        reach = [4.0 * np.sqrt(var[k]) + 2.0 * max(steps[k]) + q for k in windows]
+        ext = [(y0 * steps[k][0] - e, (y1 - 1) * steps[k][0] + e, x0 * steps[k][1] - e, (x1 - 1) * steps[k][1] + e)
+               for (k, (y0, y1, x0, x1)), e in zip(windows.items(), reach, strict=True)]
+        region = (max(int(np.floor(min(r[0] for r in ext))), 0), min(int(np.ceil(max(r[1] for r in ext))) + 1, h),
+                  max(int(np.floor(min(r[2] for r in ext))), 0), min(int(np.ceil(max(r[3] for r in ext))) + 1, w))
+        shrunk = _shrink_region(rgb, region, q)
+        found: list[Candidate] = []
+        for k, (y0, y1, x0, x1) in windows.items():
+            lvl_h, lvl_w = sizes[k]
+            img = _level_window(shrunk, q, steps[k], var[k], 0.5 * (self.upsample + k), (y0, y1, x0, x1))
             rects, scores, _ = layout.one_level.run(img, 0, threshold)
             for rect, score in zip(rects, scores, strict=True):
                 rl, rt, rr, rb = rect.left() + x0, rect.top() + y0, rect.right() + x0, rect.bottom() + y0

@@ -156,7 +156,7 @@ PHOTO_CASES = {
     "grace 0.5x": lambda g, a: _scaled(g, 0.5),
     "grace 1x": lambda g, a: g,
     "grace 3x": lambda g, a: _scaled(g, 3),
-    "grace 8x": lambda g, a: _scaled(g, 8),
+    "grace 8x": lambda g, a: _scaled(g[60:420, 90:450], 8),  # the face's surroundings: 2880x2880
     "astronaut 0.5x": lambda g, a: _scaled(a, 0.5),
     "astronaut 3x": lambda g, a: _scaled(a, 3),
     "grace 3x touching top-left": lambda g, a: np.ascontiguousarray(_scaled(g, 3)[470:, 580:]),
