@@ -84,6 +84,7 @@ class Face:
 
 _DLIB_UP_PAD = (1, 2)      # pyramid_up of an h x w image is (2h + 1) x (2w + 2) (its rect_up, rounded)
 _LEVEL_BOX_PX = 72.5       # a face box is ~72.5 level px wide on the level that detects it (80 px window)
+_TIE_MARGIN = 0.15         # rebuilt levels score windows within ~0.1 of dlib (measured on the test photos)
 
 
 def _lround(v: float) -> int:
@@ -391,6 +392,36 @@ class FaceDetector:
             out.append((tuple(_lround(v) for v in pts), score))
         return out
 
+    def _suppress(self, cands: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
+        """dlib's greedy non-max suppression, then level-0 rects -> photo rects (inclusive), strongest first."""
+        layout = self._layout
+        assert layout is not None
+        kept: list[Candidate] = []
+        for score, rect in sorted(cands, key=lambda c: -c[0]):
+            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
+                kept.append((score, rect))
+        out = []
+        for score, rect in kept:
+            pts = np.array(rect, dtype=np.float64)
+            for _ in range(self.upsample):  # the python binding's pyramid_down<2>.rect_down(rect, upsample)
+                pts = pts / 2.0 - [1.25, 0.75, 1.25, 0.75]
+            out.append((tuple(_lround(v) for v in pts), score))
+        return out
+
+    def _near_tie(self, cands: list[Candidate]) -> bool:
+        """Whether a window dlib would keep and an overlapping one of another level (box width) score within
+        ``_TIE_MARGIN`` of each other, the kept one at least ``min_score - _TIE_MARGIN``: then the rebuilt levels'
+        scores (within ~0.1 of dlib's) cannot tell which box the full scan keeps. (Neighbouring cells of one level
+        share their pixels' errors and keep their order.)"""
+        layout = self._layout
+        assert layout is not None
+        kept: list[Candidate] = []
+        for score, rect in sorted(cands, key=lambda c: -c[0]):
+            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
+                kept.append((score, rect))
+        return any(s1 - s2 < _TIE_MARGIN and s1 >= self.min_score - _TIE_MARGIN and r1[2] - r1[0] != r2[2] - r2[0]
+                   and _overlaps(r1, r2, layout.iou, layout.covered) for s1, r1 in kept for s2, r2 in cands if s2 <= s1)
+
     def detect(self, rgb: np.ndarray) -> tuple[list[tuple[tuple[float, float, float, float], float]], int]:
         """Boxes and scores of faces in rgb (uint8 [H,W,3]), strongest first.
 
@@ -414,6 +445,8 @@ class FaceDetector:
                 dets = [(b, s) for b, (_, s) in zip(boxes, coarse, strict=True) if s >= threshold]
             elif boxes:
                 cands = [c for b in boxes for c in self._redetect(rgb, b, threshold)]
+                if self._near_tie(cands):
+                    cands = []  # the rebuilt levels cannot tell which window dlib keeps: scan the photo below
                 found = self._suppress(cands)
                 # Keep the strongest final box of each face the copy showed (others in the rebuilt windows may
                 # be suppressed, in the full scan, by windows on levels that were not rebuilt).
