@@ -218,11 +218,12 @@ def _family_for(path: Path, like: Photo | None) -> str:
 
 
 def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None,
-               like: Photo | None = None, quality: int = 95) -> Path:
+               like: Photo | None = None, quality: int = 95, compress_level: int = 4) -> Path:
     """Write rgb (uint8 [H,W,3]) atomically: temp file in the same folder, fsync, ``os.replace``.
 
     The format follows the path's suffix (or ``like.format`` when the suffix is unknown). JPEG/WebP use
-    ``quality``; the ICC profile of ``like`` is embedded; alpha (uint8 [H,W], default ``like.alpha`` when the
+    ``quality``, PNG ``compress_level`` (zlib 0-9: 1 writes a 1024 px crop ~2x faster than 4, ~10% larger);
+    the ICC profile of ``like`` is embedded; alpha (uint8 [H,W], default ``like.alpha`` when the
     size matches) is re-attached for PNG, WebP and TIFF. On any failure no partial file is left behind.
 
     Returns:
@@ -252,7 +253,7 @@ def save_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | Non
     elif family == "TIFF":
         kwargs.update(compression="tiff_deflate")
     elif family == "PNG":
-        kwargs.update(compress_level=4)  # ~2x faster than 6 on 12 MP for a few % size
+        kwargs.update(compress_level=compress_level)  # 4: ~2x faster than 6 on 12 MP for a few % size
     elif family == "BMP":
         kwargs.pop("icc_profile", None)
 
