@@ -885,7 +885,10 @@ def _human_size(n: int | None) -> str:
 
 @weights_app.command("list")
 def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Every file facefix can use: present or not, size, licence, status and purpose (no network, no hashing)."""
+    """Every file facefix can use: present, downloadable (`download`) or neither (`-`), size, licence, status and
+    purpose (no network, no hashing). Status: full (sha256 pinned), commit (pinned by its source's commit: checked
+    against the Hub's metadata or git blob id of that commit, then against the sha256 recorded at download),
+    bundled, incomplete (no pin: pass a path), unavailable."""
     with _errors_to_exit(False):
         from facefix import weights
 
@@ -894,7 +897,7 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             typer.echo(json.dumps([{**asdict(r), "path": str(r.path) if r.path else None} for r in rows], indent=2))
             return
         for r in rows:
-            mark = "present" if r.present else "-"
+            mark = "present" if r.present else "download" if r.downloadable else "-"
             typer.echo(f"{r.name:<28} {mark:<8} {_human_size(r.size):>9}  {r.status:<11} {r.licence:<24} {r.purpose}")
 
 
