@@ -610,17 +610,17 @@ def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any],
     items = _inputs(inputs, shard)
     _make_output_dir(spec.output)
     pipe = _load_pipeline(**model)
+    if spec.variants:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
+        try:
+            pipe.style_offsets(spec.variants[0].edits)
+        except InputError as e:
+            raise UsageError(str(e)) from None
     spec.out_res = min(spec.out_res, pipe.generator.size)
     spec.batch_size = spec.batch_size or (1 if pipe.device.type == "cpu" else 4)
     mask_mode = _resolve_mask_mode(pipe, spec, quiet)
     if spec.latent is not None and mask_mode == "samm" and pipe.encoder_type != "e4e":
         raise UsageError("--latent with SAMM needs --encoder-type e4e (ReStyle's SAMM features depend on its "
                          "iterations, which a saved code does not record)")
-    if spec.variants:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
-        try:
-            pipe.style_offsets(spec.variants[0].edits)
-        except InputError as e:
-            raise UsageError(str(e)) from None
     work = _process(pipe, spec, mask_mode, items)
     options = {"aligned": spec.aligned, "face": str(spec.which_face), "encoder_type": pipe.encoder_type,
                "mask": mask_mode, "mask_from": spec.mask_from, "samm": str(model["samm"]) if model["samm"] else None,

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facefix import styleclip, weights
+from facefix import styleclip as text_dirs
+from facefix import weights
 from facefix.errors import InputError, UsageError, WeightsError
 from facefix.models.stylegan2 import EqualLinear, PixelNorm
 
@@ -504,8 +505,8 @@ class TextEdit(Edit):
 
     prompt: str
     neutral: str
-    direction: styleclip.GlobalDirection
-    alpha: float = styleclip.DEFAULT_ALPHA
+    direction: text_dirs.GlobalDirection
+    alpha: float = text_dirs.DEFAULT_ALPHA
 
     @property
     def label(self) -> str:
@@ -515,7 +516,7 @@ class TextEdit(Edit):
         return w_plus
 
 
-def style_edits(edits: Iterable[Edit]) -> list[tuple[styleclip.GlobalDirection, float]]:
+def style_edits(edits: Iterable[Edit]) -> list[tuple[text_dirs.GlobalDirection, float]]:
     """The StyleSpace part of a variant: ``(direction, alpha)`` of each :class:`TextEdit`, in order."""
     return [(e.direction, e.alpha) for e in edits if isinstance(e, TextEdit)]
 
@@ -759,7 +760,7 @@ def build_edits(
                               lambda v, n=name, mp=mapper: MapperEdit(n, mp, v)))
         elif spec.kind == "text":
             direction, neutral_text = _text_direction(spec.target, neutral, beta, clip, fs3, offline)
-            factories.append((spec, styleclip.DEFAULT_ALPHA, lambda v, t=spec.target, nt=neutral_text,
+            factories.append((spec, text_dirs.DEFAULT_ALPHA, lambda v, t=spec.target, nt=neutral_text,
                               d=direction: TextEdit(t, nt, d, v)))
         else:
             raise UsageError(f"unknown edit kind {spec.kind!r}")
@@ -776,10 +777,10 @@ def build_edits(
 
 
 def _text_direction(prompt: str, neutral: str | None, beta: float | None, clip: str | Path | None,
-                    fs3: str | Path | None, offline: bool | None) -> tuple[styleclip.GlobalDirection, str]:
+                    fs3: str | Path | None, offline: bool | None) -> tuple[text_dirs.GlobalDirection, str]:
     """Load fs3 and CLIP (checking the extra and fetching the pinned files first), embed the prompts, threshold."""
-    neutral = styleclip.DEFAULT_NEUTRAL if neutral is None else neutral.strip()
-    beta = styleclip.DEFAULT_BETA if beta is None else float(beta)
+    neutral = text_dirs.DEFAULT_NEUTRAL if neutral is None else neutral.strip()
+    beta = text_dirs.DEFAULT_BETA if beta is None else float(beta)
     if not neutral:
         raise UsageError("--neutral: empty prompt (the default is \"a face\")")
     if not (math.isfinite(beta) and 0 < beta < 1):
@@ -787,10 +788,10 @@ def _text_direction(prompt: str, neutral: str | None, beta: float | None, clip: 
     if importlib.util.find_spec("transformers") is None:
         raise UsageError("--text needs the optional CLIP text model (transformers), which is not installed: "
                          "pip install 'facefix[clip]'")
-    fs3_file = weights.resolve(styleclip.FS3_ENTRY, override=fs3, offline=offline)
-    model = styleclip.load_clip_text(clip, offline)
-    delta_t = model.text_delta(prompt, neutral, styleclip.prompt_templates())
-    return styleclip.global_direction(styleclip.load_fs3(fs3_file), delta_t, beta), neutral
+    fs3_file = weights.resolve(text_dirs.FS3_ENTRY, override=fs3, offline=offline)
+    model = text_dirs.load_clip_text(clip, offline)
+    delta_t = model.text_delta(prompt, neutral, text_dirs.prompt_templates())
+    return text_dirs.global_direction(text_dirs.load_fs3(fs3_file), delta_t, beta), neutral
 
 
 # -------------------------------------------------------------------------------- listing
@@ -840,8 +841,8 @@ def list_directions() -> list[DirectionInfo]:
     rows.append(DirectionInfo(
         "text", "styleclip-text", '--text "PROMPT" [--neutral "a face"] [--alpha A] [--beta B]',
         f"A = style std units the most relevant channel moves (s + A x direction x s_std; sweep A:B:N); B = CLIP "
-        f"relevance threshold (default {_fmt(styleclip.DEFAULT_BETA)}; useful 0.08..0.3, higher = fewer channels)",
-        "about -6..6", _fmt(styleclip.DEFAULT_ALPHA), "S-space (no W+ row)",
+        f"relevance threshold (default {_fmt(text_dirs.DEFAULT_BETA)}; useful 0.08..0.3, higher = fewer channels)",
+        "about -6..6", _fmt(text_dirs.DEFAULT_ALPHA), "S-space (no W+ row)",
         importlib.util.find_spec("transformers") is not None,
         "needs pip install 'facefix[clip]'; CLIP ViT-B/32 (605 MB) and StyleCLIP's fs3.npy are downloaded on first "
         "use"))
