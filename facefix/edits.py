@@ -780,7 +780,10 @@ def _text_direction(prompt: str, neutral: str | None, beta: float | None, clip: 
                     fs3: str | Path | None, offline: bool | None) -> tuple[text_dirs.GlobalDirection, str]:
     """Load fs3 and CLIP (checking the extra and fetching the pinned files first), embed the prompts, threshold."""
     neutral = text_dirs.DEFAULT_NEUTRAL if neutral is None else neutral.strip()
-    beta = text_dirs.DEFAULT_BETA if beta is None else float(beta)
+    try:
+        beta = text_dirs.DEFAULT_BETA if beta is None else float(beta)
+    except (TypeError, ValueError):
+        raise UsageError(f"--beta {beta!r}: not a number") from None
     if not neutral:
         raise UsageError("--neutral: empty prompt (the default is \"a face\")")
     if not (math.isfinite(beta) and 0 < beta < 1):

@@ -28,7 +28,7 @@ w [512,512]. Why 20,000: the relative standard error of a std estimate is 1/sqrt
 the cost (the mapping network is the whole cost: 3-7 s on 2 CPU cores for 20,000, depending on load). The styles are
 affine in w (``s = A w + b`` per layer), so their mean and std follow exactly from those two moments:
 ``mean = A mu + b``, ``std = psi * sqrt(diag(A C A^T))``: the numbers one would get by pushing every sample through
-all 26 affines (checked in the tests to 1e-6), without that pass (which costs twice the mapping network). They are
+all 26 affines (the tests compare the two), without that pass (which costs twice the mapping network). They are
 computed once per generator and cached on disk next to the other cached weights (``$HF_HOME/facefix/styleclip/``),
 keyed by a sha256 of the generator weights they depend on (mapping network and affines), i.e. by the content of the
 generator file rather than its path.
@@ -36,9 +36,10 @@ generator file rather than its path.
 CLIP. The optional extra ``facefix[clip]`` installs ``transformers``: facefix builds ``CLIPTextModelWithProjection``
 and ``CLIPTokenizer`` from OpenAI's ViT-B/32 files (Hub ``openai/clip-vit-base-patch32``, pinned revision and sha256
 in the manifest; only the text tower's weights are loaded, with the weights-only loader). ``open-clip-torch`` was
-the first choice, but it imports torchvision, and PyPI's torchvision builds do not import beside a CPU torch 2.13
-("operator torchvision::nms does not exist"; installing the matching one makes pip replace torch with a CUDA
-build), so facefix does not depend on it.
+the first choice, but it imports torchvision: the torchvision release for torch 2.13 (0.28.0, a CUDA build on PyPI)
+does not import beside the CPU torch 2.13.0 ("operator torchvision::nms does not exist"), and an unconstrained
+``pip install open-clip-torch`` replaces torch with a newer CUDA build (2.14.1 plus about 3 GB of CUDA libraries).
+transformers needs neither torchvision nor a particular torch.
 """
 
 from __future__ import annotations

@@ -281,6 +281,36 @@ def test_clip_weights_as_bin_and_bad_folders(tiny_clip, tmp_path):
         styleclip.load_clip_text(tmp_path / "nowhere")
 
 
+def test_full_clip_checkpoint_layout(tiny_clip, tmp_path):
+    """OpenAI's files: a full CLIP config (model_type clip, legacy eos_token_id 2: pooling at the highest token id,
+    which is CLIP's end token) and a CLIPModel state dict with the vision tower, as a pickle."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, pad_token_id=1,
+                          eos_token_id=2)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=16)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=TINY_CLIP_DIM)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        full = CLIPModel(config).eval()
+    folder = tmp_path / "openai-like"
+    folder.mkdir()
+    raw = config.to_dict() | {"text_config_dict": None, "vision_config_dict": None}  # keys of the 2021 file
+    (folder / "config.json").write_text(json.dumps(raw))
+    torch.save(full.state_dict(), folder / "pytorch_model.bin")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tiny_clip / name, folder / name)
+    clip = styleclip.load_clip_text(folder)
+    assert clip.dim == TINY_CLIP_DIM
+    ids = clip.tokenizer(["a face with curly hair"], return_tensors="pt")["input_ids"]
+    assert int(ids[0, -1]) == 513 == int(ids.max())
+    with torch.no_grad():
+        ref = full.text_projection(full.text_model(input_ids=ids).pooler_output)[0]
+    assert (clip.embed(["a face with curly hair"])[0] - ref / ref.norm()).abs().max() < 1e-5
+
+
 def test_missing_clip_extra_is_one_line(monkeypatch, tiny_clip):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if `pip install 'facefix[clip]'` had not been run
     with pytest.raises(UsageError, match=r"pip install 'facefix\[clip\]'") as err:
@@ -296,11 +326,10 @@ def test_missing_clip_extra_is_one_line(monkeypatch, tiny_clip):
 
 
 @pytest.fixture
-def crop(tmp_path):
-    p = tmp_path / "in" / "face.png"
-    p.parent.mkdir()
-    shutil.copy(ALIGNED, p)
-    return p
+def crop(tmp_path) -> Path:
+    """The aligned test photo, copied into its own input folder."""
+    (tmp_path / "in").mkdir()
+    return Path(shutil.copy(ALIGNED, tmp_path / "in" / "face.png"))
 
 
 @pytest.fixture(scope="module")
