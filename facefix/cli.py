@@ -525,7 +525,7 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
                 rng.manual_seed(spec.seed)  # the same noise for every variant: only the edit differs
             outs.append(pipe.render(x, inv, w_plus=apply_edits(inv.w_plus, v.edits), mask=mask_mode,
                                     reference=reuse, landmarks=lms, generator=rng, out_res=spec.out_res,
-                                    cycle_align=spec.cycle_align))
+                                    cycle_align=spec.cycle_align, style_edits=v.edits))
         t2 = time.perf_counter()
         for i, (job, k) in enumerate(chunk):
             for stage, dt in (("encode", t1 - t0), ("render", t2 - t1)):  # a batch's time, shared per face
@@ -610,6 +610,11 @@ def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any],
     items = _inputs(inputs, shard)
     _make_output_dir(spec.output)
     pipe = _load_pipeline(**model)
+    if spec.variants:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
+        try:
+            pipe.style_offsets(spec.variants[0].edits)
+        except InputError as e:
+            raise UsageError(str(e)) from None
     spec.out_res = min(spec.out_res, pipe.generator.size)
     spec.batch_size = spec.batch_size or (1 if pipe.device.type == "cpu" else 4)
     mask_mode = _resolve_mask_mode(pipe, spec, quiet)
@@ -686,8 +691,27 @@ def edit(
         "See `facefix directions list`. Repeatable.")] = None,
     styleclip: Annotated[list[str] | None, typer.Option(
         help="NAME[=S]: StyleCLIP latent mapper, w + S x mapper(w) (default S 0.1). Repeatable.")] = None,
-    text: Annotated[str | None, typer.Option(help="StyleCLIP global direction from a prompt (needs the optional "
-                                             "CLIP extra).")] = None,
+    text: Annotated[str | None, typer.Option(
+        help="StyleCLIP global direction towards a prompt, e.g. --text \"a face with curly hair\": the CLIP text "
+        "difference to --neutral, mapped to StyleSpace through StyleCLIP's fs3 (W+ is left as is). Needs pip install "
+        "'facefix\\[clip]'; CLIP ViT-B/32 (605 MB) and fs3 (12 MB) are downloaded once.")] = None,
+    neutral: Annotated[str | None, typer.Option(
+        help="What the face is before the --text edit (default \"a face\"); the edit is the CLIP difference "
+        "target - neutral, so describe only the change in --text.", show_default=False)] = None,
+    alpha: Annotated[str | None, typer.Option(
+        help="Strength of --text, in style standard deviations of the most relevant channel (default 3; about -6..6 "
+        "stays natural; negative = away from the prompt). FROM:TO:N sweeps N values (--alpha -5:5:11).",
+        show_default=False)] = None,
+    beta: Annotated[float | None, typer.Option(
+        help="Disentanglement threshold of --text: only style channels whose CLIP relevance (a cosine) is at least "
+        "beta change (default 0.15; 0.08..0.3; higher = fewer channels, a narrower edit).", show_default=False)
+    ] = None,
+    clip: Annotated[Path | None, typer.Option(
+        help="CLIP text model folder for --text (config.json, vocab.json, merges.txt, model.safetensors or "
+        "pytorch_model.bin). Default: OpenAI CLIP ViT-B/32 from the manifest, downloaded once.")] = None,
+    fs3: Annotated[Path | None, typer.Option(
+        help="StyleCLIP fs3.npy for --text (CLIP relevance of each style channel; [6048, 512] for the 1024 px FFHQ "
+        "generator). Default: the pinned file, downloaded once.")] = None,
     latent: Annotated[Path | None, typer.Option(
         help="Start from saved W+ codes instead of encoding: a .pt file (one input), or the -o folder of an earlier "
         "`facefix invert --save latent` run (looked up by the same names).")] = None,
@@ -719,8 +743,9 @@ def edit(
     paste back.
 
     Example: facefix edit photo.jpg --age 3 --smile -1.5 -o out/. Several edits combine into one image; one of
-    them may be a sweep (--age -4:4:9), which writes OUT/KEY_<edit>.<ext> per value plus OUT/KEY.sweep.png (a
-    strip) and OUT/KEY.sweep.gif. Other outputs are named as for `facefix invert`.
+    them may be a sweep (--age -4:4:9, or --text "a face with curly hair" --alpha -5:5:11), which writes
+    OUT/KEY_<edit>.<ext> per value plus OUT/KEY.sweep.png (a strip) and OUT/KEY.sweep.gif. Other outputs are named
+    as for `facefix invert`. `facefix directions list` explains every edit's values and useful ranges.
     """
     with _errors_to_exit(debug):
         extras = _check_common(mask, mask_from, resolution, save)
@@ -728,8 +753,8 @@ def edit(
 
         try:
             variants = build_edits(age=age, smile=smile, pose=pose, directions=direction or [],
-                                   ganspace=ganspace or [], styleclip=styleclip or [], text=text,
-                                   offline=True if offline else None)
+                                   ganspace=ganspace or [], styleclip=styleclip or [], text=text, neutral=neutral,
+                                   alpha=alpha, beta=beta, clip=clip, fs3=fs3, offline=True if offline else None)
         except InputError as e:  # a bad --direction file: no photo was tried, so exit 2 (usage), not 1 (failed)
             raise UsageError(str(e)) from None
         if not any(v.edits for v in variants):
@@ -751,7 +776,8 @@ app.add_typer(directions_app, name="directions")
 
 @directions_app.command("list")
 def directions_list(as_json: JsonOpt = False) -> None:
-    """InterFaceGAN directions, GANSpace named edits and StyleCLIP mappers, with what their values mean."""
+    """InterFaceGAN directions, GANSpace named edits, StyleCLIP latent mappers and StyleCLIP global text
+    directions, with what their values mean and useful ranges."""
     with _errors_to_exit(False):
         from facefix.edits import list_directions
 
@@ -760,9 +786,9 @@ def directions_list(as_json: JsonOpt = False) -> None:
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
             return
         for r in rows:
-            mark = "" if r.available else "  (file not on disk)"
-            typer.echo(f"{r.kind:<12} {r.name:<22} default {r.default:<6} range {r.useful_range:<13} rows "
-                       f"{r.rows:<20} {r.value}{mark}")
+            mark = "" if r.available else f"  ({r.note})"
+            typer.echo(f"{r.kind:<14} {r.name:<22} default {r.default:<6} range {r.useful_range:<13} rows "
+                       f"{r.rows:<21} {r.value}{mark}")
 
 
 def _parse_face(face: str) -> str | int:
@@ -885,7 +911,10 @@ def _human_size(n: int | None) -> str:
 
 @weights_app.command("list")
 def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Every file facefix can use: present or not, size, licence, status and purpose (no network, no hashing)."""
+    """Every file facefix can use: present, downloadable (`download`) or neither (`-`), size, licence, status and
+    purpose (no network, no hashing). Status: full (sha256 pinned), commit (pinned by its source's commit: checked
+    against the Hub's metadata or git blob id of that commit, then against the sha256 recorded at download),
+    bundled, incomplete (no pin: pass a path), unavailable."""
     with _errors_to_exit(False):
         from facefix import weights
 
@@ -894,7 +923,7 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             typer.echo(json.dumps([{**asdict(r), "path": str(r.path) if r.path else None} for r in rows], indent=2))
             return
         for r in rows:
-            mark = "present" if r.present else "-"
+            mark = "present" if r.present else "download" if r.downloadable else "-"
             typer.echo(f"{r.name:<28} {mark:<8} {_human_size(r.size):>9}  {r.status:<11} {r.licence:<24} {r.purpose}")
 
 

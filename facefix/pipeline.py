@@ -7,7 +7,8 @@ stage can also be called alone, so an edit of k attributes costs one :meth:`enco
 Data flow (N faces, L = 18 W+ rows, D = 512, S = 1024 aligned crops, R = output size):
     crops uint8 [N][S,S,3] --prepare--> x [N,3,S,S] in [-1,1] and x256 [N,3,256,256] (the encoder's resize)
     --encode--> Inversion(w_plus [N,L,D], encoder taps of the last encoder call)
-    --render(w_plus + edits)--> generator (SAMM hooks at 32..256 px) -> G [N,3,R,R]
+    --render(w_plus + edits, style_edits)--> generator (StyleSpace offsets of text edits; SAMM hooks at 32..256 px)
+                               -> G [N,3,R,R]
                                -> mask A [N,1,R,R] (SAMM, error, face or none) -> A * x + (1 - A) * G
 
 Masks: alpha = 1 means out-of-domain, taken from the input (spec convention). ``mask="auto"`` is SAMM when the
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from facefix import edits, styleclip
 from facefix.errors import UsageError
 from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
@@ -166,6 +168,7 @@ class FacefixPipeline:
             if isinstance(encoder, Encoder4Editing):
                 encoder.fpn_upsample = mode["fpn_upsample"]
         self._avg_image: Tensor | None = None
+        self._style_stats: styleclip.StyleStats | None = None
 
     @property
     def encoder_type(self) -> str:
@@ -237,6 +240,18 @@ class FacefixPipeline:
         x256 = _bilinear_256(x) if self.input_resize == "bilinear" else encoder_input(crops, "pil")
         return x.to(self.device), x256.to(self.device)
 
+    def style_stats(self) -> styleclip.StyleStats:
+        """The generator's StyleSpace mean/std (for text edits): computed once per generator, cached on disk."""
+        if self._style_stats is None:
+            self._style_stats = styleclip.cached_style_statistics(self.generator)
+        return self._style_stats
+
+    def style_offsets(self, style_edits: Sequence[edits.Edit]) -> list[Tensor | None] | None:
+        """The StyleSpace offsets of the text edits among ``style_edits`` (others ignored), one [1,C] or None per
+        style layer; None without text edits. :class:`~facefix.errors.InputError` when fs3 does not fit."""
+        pairs = edits.style_edits(style_edits)
+        return styleclip.style_offsets(self.generator, pairs, self.style_stats()) if pairs else None
+
     def average_image(self) -> Tensor:
         """ReStyle's iteration-0 feedback: face_pool(G(latent_avg)) with fixed noise, [1,3,256,256]; cached."""
         if self._avg_image is None:
@@ -291,7 +306,7 @@ class FacefixPipeline:
     def render(self, x: Tensor, inversion: Inversion, w_plus: Tensor | None = None, mask: str = "auto",
                reference: PipelineOutput | None = None, landmarks: np.ndarray | None = None,
                generator: torch.Generator | None = None, out_res: int | None = None,
-               cycle_align: int | None = None) -> PipelineOutput:
+               cycle_align: int | None = None, style_edits: Sequence[edits.Edit] = ()) -> PipelineOutput:
         """Generate from a (possibly edited) code and blend the out-of-domain regions of the input back.
 
         Args:
@@ -305,8 +320,11 @@ class FacefixPipeline:
             generator: seeded RNG for random noise (``--seed``); default: the checkpoint's fixed noise.
             out_res: output size R (default the generator's).
             cycle_align: SAMM cycles for this call (default: SAMM's config).
+            style_edits: a variant's edits; its text edits (StyleCLIP global directions) become StyleSpace offsets
+                of the generator (see :meth:`style_offsets`), the others are ignored here (they are in ``w_plus``).
         """
         w = (inversion.w_plus if w_plus is None else w_plus).to(self.device)
+        offsets = self.style_offsets(style_edits)
         mode = self.resolve_mask(mask, landmarks is not None)
         size = out_res or self.generator.size
         noise = self.generator.random_noise(w.shape[0], generator) if generator is not None else None
@@ -325,10 +343,11 @@ class FacefixPipeline:
             # SAMM passes (and the replays between them) allocate ever larger temporaries per level, which
             # fragment a heap that never maps: see runtime.mmap_large_blocks
             with mmap_large_blocks():
-                gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
+                gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook,
+                                               style_offsets=offsets)
             alpha = reused if reused is not None else compose_mask(aligns, size)
         else:
-            gen = self.generator.synthesis(w, noise=noise, out_res=out_res)
+            gen = self.generator.synthesis(w, noise=noise, out_res=out_res, style_offsets=offsets)
         x = x.to(self.device, gen.dtype)
         crop_size = x.shape[-1]  # landmarks are in the input crop's px
         if x.shape[-1] != size:
@@ -337,7 +356,7 @@ class FacefixPipeline:
             if reused is not None:
                 alpha = reused
             else:
-                unedited = gen if w_plus is None else self.generator.synthesis(
+                unedited = gen if w_plus is None and offsets is None else self.generator.synthesis(
                     inversion.w_plus.to(self.device), noise=noise, out_res=out_res)
                 alpha = error_mask(x, unedited)
         elif mode == "face":

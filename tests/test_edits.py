@@ -6,7 +6,6 @@ import hashlib
 import math
 import os
 import pickle
-import re
 
 import numpy as np
 import pytest
@@ -455,7 +454,7 @@ def test_parse_styleclip_spec():
         one_line(err)
 
 
-# -------------------------------------------------------------------------------- sweeps, --text, listing
+# -------------------------------------------------------------------------------- sweeps, listing
 
 
 def test_sweep_expands_one_edit(w_plus):
@@ -480,21 +479,11 @@ def test_no_edits_is_one_identity_variant(w_plus):
     assert torch.equal(E.apply_edits(w_plus, variant.edits), w_plus)
 
 
-def test_text_needs_clip(monkeypatch):
-    real = E.importlib.util.find_spec
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda n, *a: None if n == "clip" else real(n, *a))
-    with pytest.raises(UsageError, match=re.escape('pip install "facefix[clip]"')) as err:
-        E.build_edits(text="a face with black hair")
-    one_line(err)
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda n, *a: object() if n == "clip" else real(n, *a))
-    with pytest.raises(UsageError, match="not supported yet"):
-        E.check_text_edit("a face with black hair")
-
-
 def test_list_directions():
     rows = E.list_directions()
     kinds = [r.kind for r in rows]
-    assert (kinds.count("interfacegan"), kinds.count("ganspace"), kinds.count("styleclip")) == (3, 42, 14)
+    assert (kinds.count("interfacegan"), kinds.count("ganspace"), kinds.count("styleclip"),
+            kinds.count("styleclip-text")) == (3, 42, 14, 1)
     age = rows[0]
     assert (age.name, age.useful_range, age.rows) == ("age", "about -5..5", "0-17")
     eye = next(r for r in rows if r.name == "eye_openness")
