@@ -520,11 +520,11 @@ def _number(text: str, what: str) -> float:
 
 def _check_limit(values: Iterable[float], what: str, limit: float, useful: str, scale: float = 1.0) -> None:
     """UsageError unless every ``|value| x scale`` is at most ``limit`` (``scale``: a direction file's length)."""
-    for v in values:
-        if abs(v) * scale > limit:
-            size = "" if abs(scale - 1) < 1e-3 else f" x the direction's length {scale:.3g} = {abs(v) * scale:.3g}"
-            raise UsageError(f"{what} {v:g}{size}: too large; the limit is {limit:g} and the useful range is "
-                             f"{useful} (see `facefix directions list`)")
+    v = max(values, key=abs)  # of a sweep, the end the user typed
+    if abs(v) * scale > limit:
+        size = "" if abs(scale - 1) < 1e-3 else f" x the direction's length {scale:.3g} = {abs(v) * scale:.3g}"
+        raise UsageError(f"{what} {v:g}{size}: too large; the limit is {limit:g} and the useful range is "
+                         f"{useful} (see `facefix directions list`)")
 
 
 def parse_value(text: str | float, what: str = "value", limit: float | None = None,
