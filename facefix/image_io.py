@@ -171,11 +171,13 @@ def read_regular_file(path: str | os.PathLike, limit: int | None = None) -> byte
     try:
         mode = os.stat(p).st_mode
         if stat.S_ISREG(mode):
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX: opening a pipe this way returns at once
+            fd = os.open(p, os.O_RDONLY | nonblock | getattr(os, "O_CLOEXEC", 0))
             with os.fdopen(fd, "rb") as f:
                 mode = os.fstat(fd).st_mode
                 if stat.S_ISREG(mode):
-                    os.set_blocking(fd, True)
+                    if nonblock:
+                        os.set_blocking(fd, True)
                     return f.read() if limit is None else f.read(limit)
     except FileNotFoundError as err:
         what = "broken symbolic link (its target does not exist)" if p.is_symlink() else "file not found"
