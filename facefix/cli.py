@@ -1,7 +1,9 @@
 """The ``facefix`` command line (Typer): parse options, build the pipeline once, run it per input, report.
 
 This is the one place where errors become lines on stderr and exit codes (``shared/design/cli.md``):
-0 every input succeeded, 1 some inputs failed (each reported, the others still written), 2 usage error.
+0 every input succeeded, 1 some inputs failed (each reported, the others still written), 2 usage error,
+3 internal error (a bug in facefix, not a bad input; the run still reports every input), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM, handled like Ctrl-C: files being written are removed, finished outputs stay).
 A :class:`FacefixError` is one line; any other exception is "internal error ... rerun with --debug", and
 ``--debug`` shows the traceback.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
 import time
 import traceback
@@ -26,7 +30,8 @@ from facefix import __version__
 from facefix.batch import InputFile
 from facefix.errors import FacefixError, InputError, UsageError
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 SAVE_CHOICES = ("aligned", "mask", "latent", "grid")
 
 app = typer.Typer(
@@ -35,11 +40,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 all inputs ok; 1 some inputs failed (each reported, the others written); 2 usage error; "
+           "3 internal error (a bug: rerun with --debug and report it); 130 interrupted; 143 terminated (SIGTERM).",
 )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so the same cleanup runs (temp files of atomic writes)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup of the first
+    raise _Terminated
+
+
 def _err(msg: str) -> None:
-    typer.echo(f"facefix: {msg}", err=True)
+    # one line whatever a file name holds: newlines and other control characters are shown escaped
+    typer.echo("facefix: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m[0])[1:-1], msg), err=True)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line, and the exit code shells expect (128 + the signal's number)."""
+    terminated = isinstance(e, _Terminated)
+    _err("terminated" if terminated else "interrupted")
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 @contextmanager
@@ -59,9 +83,8 @@ def _errors_to_exit(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         _err(str(e))
         raise typer.Exit(EXIT_SOME_FAILED) from None
-    except KeyboardInterrupt:
-        _err("interrupted")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        raise typer.Exit(_interrupted(e)) from None
     except BrokenPipeError:  # `facefix weights list | head`: the reader left, nothing to report
         sys.stderr.close()
         raise typer.Exit(EXIT_OK) from None
@@ -70,7 +93,7 @@ def _errors_to_exit(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         else:
             _err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
-        raise typer.Exit(EXIT_SOME_FAILED) from None
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _version(value: bool) -> None:
@@ -118,10 +141,10 @@ def _parse_save(save: str | None) -> set[str]:
     return items
 
 
-def _inputs(items: list[str], shard: str | None) -> list[InputFile]:
+def _inputs(items: list[str], shard: str | None, output: Path, labels: list[str] | None = None) -> list[InputFile]:
     from facefix.batch import collect_inputs, parse_shard, select_shard
 
-    selected = select_shard(collect_inputs(items), parse_shard(shard))
+    selected = select_shard(collect_inputs(items, exclude=[output], labels=labels or []), parse_shard(shard))
     if not selected:
         raise UsageError("no input images found" + (" in this shard" if shard else ""))
     return selected
@@ -133,9 +156,11 @@ def _run_inputs(inputs: list[InputFile], out_dir: Path, work: Callable[[InputFil
 
     Progress: a rich bar on a terminal, one plain line per input otherwise (logs, CI), nothing with --quiet.
     """
+    from facefix.batch import input_error
     from facefix.image_io import atomic_write_bytes
 
     reports: list[InputReport] = []
+    bugs = 0
     live = not quiet and sys.stderr.isatty()
     progress = None
     if live:
@@ -153,11 +178,12 @@ def _run_inputs(inputs: list[InputFile], out_dir: Path, work: Callable[[InputFil
             try:
                 work(item, rep)
             except FacefixError as e:
-                rep.status, rep.error = "failed", str(e)
+                rep.status, rep.error = "failed", input_error(item.path, e)
             except MemoryError:
                 rep.status, rep.error = "failed", f"{item.path}: out of memory (try --batch-size 1 or --device cpu)"
             except Exception as e:  # noqa: BLE001 - recorded per input, the run goes on
                 rep.status, rep.error = "failed", f"{item.path}: internal error: {type(e).__name__}: {e}"
+                bugs += 1
                 if options.get("debug"):
                     traceback.print_exc()
             rep.seconds = round(time.perf_counter() - t0, 3)
@@ -195,7 +221,7 @@ def _run_inputs(inputs: list[InputFile], out_dir: Path, work: Callable[[InputFil
     if failed:
         _err(f"{len(failed)} of {len(reports)} input(s) failed: " +
              "; ".join(str(r.error) for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
-        return EXIT_SOME_FAILED
+        return EXIT_INTERNAL if bugs else EXIT_SOME_FAILED
     return EXIT_OK
 
 
@@ -607,8 +633,11 @@ def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Ca
 
 def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any], shard: str | None, quiet: bool,
          as_json: bool, debug: bool) -> int:
-    items = _inputs(inputs, shard)
+    from facefix.batch import remove_stale_temps, safe_label
+
+    items = _inputs(inputs, shard, spec.output, [safe_label(v.label) for v in spec.variants] if spec.sweep else [])
     _make_output_dir(spec.output)
+    remove_stale_temps(spec.output, items)
     pipe = _load_pipeline(**model)
     if spec.variants:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
         try:
@@ -661,7 +690,7 @@ def invert(
     IN/a/b/photo.jpg): OUT/KEY.<ext> (the photo with the re-synthesised face pasted back, same format), or with
     --aligned / --no-paste-back OUT/KEY[_faceK].png (the aligned result). --save adds OUT/KEY[_faceK].aligned.png,
     .mask.png, .latent.pt, .grid.png. _faceK is added when several faces are processed. OUT/facefix-report.json
-    records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error.
+    records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error; 3: internal error.
     """
     with _errors_to_exit(debug):
         extras = _check_common(mask, "edited", resolution, save)
@@ -819,8 +848,11 @@ def align(
     """
     with _errors_to_exit(debug):
         which_face = _parse_face(face)
-        items = _inputs(inputs, shard)
+        items = _inputs(inputs, shard, output)
         _make_output_dir(output)
+        from facefix.batch import remove_stale_temps
+
+        remove_stale_temps(output, items)
         from facefix.align import FaceDetector, align_face, detect_faces
         from facefix.image_io import atomic_write_bytes, load_image, save_image
 
@@ -978,11 +1010,11 @@ def _as_aligned_crop(rgb, path: Path):
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
-    except KeyboardInterrupt:
-        _err("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(_interrupted(e))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ GANSPACE_EDITS_FILE = "ganspace_named_edits.tsv"
 N_LATENT = 18
 STYLE_DIM = 512
 MAX_SWEEP_STEPS = 240  # 10 s of animation at 24 fps; more is almost certainly a typo
+# The largest edit values accepted, 10-20x beyond any useful edit: only typos (1e30, a lost decimal point) are
+# refused, which would otherwise render noise or NaN and still be written as a result.
+MAX_DIRECTION_STEP = 100.0  # |factor| x direction length, i.e. how far W+ moves; useful about 5 (unit directions)
+MAX_GANSPACE_VALUE = 400.0  # std units; useful about -40..40
+MAX_STYLECLIP_STRENGTH = 10.0  # useful 0..0.15
 
 #: The 14 published StyleCLIP mappers -> (coarse, medium, fine) groups present. Fine is absent for 7 of them
 #: (StyleRes ``styleclip_mapping_configs.csv``, SFE ``latent_editor.py``); the loader reads the groups from the file.
@@ -545,25 +550,38 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-def parse_value(text: str | float, what: str = "value") -> float | list[float]:
+def _check_limit(values: Iterable[float], what: str, limit: float, useful: str, scale: float = 1.0) -> None:
+    """UsageError unless every ``|value| x scale`` is at most ``limit`` (``scale``: a direction file's length)."""
+    v = max(values, key=abs)  # of a sweep, the end the user typed
+    if abs(v) * scale > limit:
+        size = "" if abs(scale - 1) < 1e-3 else f" x the direction's length {scale:.3g} = {abs(v) * scale:.3g}"
+        raise UsageError(f"{what} {v:g}{size}: too large; the limit is {limit:g} and the useful range is "
+                         f"{useful} (see `facefix directions list`)")
+
+
+def parse_value(text: str | float, what: str = "value", limit: float | None = None,
+                useful: str = "") -> float | list[float]:
     """A number (``3``, ``+3``, ``-1.5``, ``2e-1``) -> float, or a sweep ``A:B:N`` -> N evenly spaced floats
-    from A to B inclusive (2 <= N <= 240). ``what`` (e.g. ``"--age"``) starts the :class:`UsageError` message."""
+    from A to B inclusive (2 <= N <= 240). ``what`` (e.g. ``"--age"``) starts the :class:`UsageError` message.
+    ``limit``: the largest |value| accepted (sweep ends included); the error quotes ``useful``, the useful range."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if not math.isfinite(text):
             raise UsageError(f"{what} {text}: not a finite number")
-        return float(text)
-    s = str(text).strip()
-    if _NUM_RE.fullmatch(s):
-        return _number(s, what)
-    m = _SWEEP_RE.fullmatch(s)
-    if m is None:
-        raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep FROM:TO:N (-4:4:9)")
-    a, b, n = _number(m[1], what), _number(m[2], what), int(m[3])
-    if not 2 <= n <= MAX_SWEEP_STEPS:
-        raise UsageError(f"{what} {text!r}: a sweep needs 2 to {MAX_SWEEP_STEPS} steps, got {n}")
-    values = [a + (b - a) * i / (n - 1) for i in range(n)]
-    values[-1] = b  # exact end point despite rounding
-    return values
+        values = [float(text)]
+    elif _NUM_RE.fullmatch(s := str(text).strip()):
+        values = [_number(s, what)]
+    else:
+        m = _SWEEP_RE.fullmatch(s)
+        if m is None:
+            raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep FROM:TO:N (-4:4:9)")
+        a, b, n = _number(m[1], what), _number(m[2], what), int(m[3])
+        if not 2 <= n <= MAX_SWEEP_STEPS:
+            raise UsageError(f"{what} {text!r}: a sweep needs 2 to {MAX_SWEEP_STEPS} steps, got {n}")
+        values = [a + (b - a) * i / (n - 1) for i in range(n)]
+        values[-1] = b  # exact end point despite rounding
+    if limit is not None:
+        _check_limit(values, what, limit, useful)
+    return values if len(values) > 1 else values[0]
 
 
 @dataclass(frozen=True)
@@ -631,7 +649,7 @@ def parse_ganspace_spec(text: str, table: Mapping[str, GanspaceNamedEdit] | None
         return EditSpec("ganspace", name)
     if not m["value"].strip():
         raise UsageError(f"--ganspace {text!r}: missing value after {m['op']!r}")
-    values = _values(parse_value(m["value"], f"--ganspace {name}"))
+    values = _values(parse_value(m["value"], f"--ganspace {name}", MAX_GANSPACE_VALUE, "about -40..40"))
     if m["op"] == "-=":
         values = tuple(-v for v in values)
     return EditSpec("ganspace", name, values, relative=m["op"] != "=")
@@ -651,7 +669,8 @@ def parse_styleclip_spec(text: str) -> EditSpec:
         return EditSpec("styleclip", name)
     if not value.strip():
         raise UsageError(f"--styleclip {text!r}: missing strength after '='")
-    return EditSpec("styleclip", name, _values(parse_value(value, f"--styleclip {name}")))
+    return EditSpec("styleclip", name, _values(parse_value(value, f"--styleclip {name}", MAX_STYLECLIP_STRENGTH,
+                                                           "0..0.15")))
 
 
 def parse_text_spec(prompt: str, alpha: str | float | None = None) -> EditSpec:
@@ -740,6 +759,9 @@ def build_edits(
                 direction, name = load_builtin_direction(spec.target), spec.target
             else:
                 direction, name = load_direction(spec.target, n_latent), Path(spec.target).stem
+            _check_limit(spec.values or (1.0,), f"--{name}" if spec.target in BUILTIN_DIRECTIONS else
+                         f"--direction {spec.target}: factor", MAX_DIRECTION_STEP, "about -5..5 for a unit direction",
+                         float(direction.norm(dim=-1).max()))
             factories.append((spec, 1.0, lambda v, s=spec, d=direction, n=name: DirectionEdit(n, d, v, s.rows)))
         elif spec.kind == "ganspace":
             pca = pca or load_ganspace_pca()

@@ -17,6 +17,7 @@ pipeline has SAMM weights, else the landmark face mask when landmarks are given,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facefix import edits, styleclip
-from facefix.errors import UsageError
+from facefix.errors import FacefixError, UsageError
 from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
 from facefix.models.samm import ENCODER_MODES, SAMM, SAMMTrace, blend, compose_mask
@@ -40,23 +41,37 @@ MASK_MODES = ("auto", "samm", "error", "face", "none")
 MASK_FROM = ("edited", "original")
 
 
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else MPS, else CPU; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if spec == "auto":
+    """``auto`` -> CUDA if available, else MPS, else CPU; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Anything else (``meta``, ``xpu``, ``cuda:x``) is a :class:`UsageError`, and so is a device this machine does
+    not have, before any weights are loaded."""
+    m = _DEVICE_RE.fullmatch(str(spec).strip().lower())
+    if m is None:
+        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    name = m[0]
+    if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        if m[1] is not None and int(m[1]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    if name == "mps" and not _mps_available():
         raise UsageError(f"--device {spec}: MPS is not available on this machine (use --device cpu)")
-    return device
+    return torch.device(name)
 
 
 def _as_list(crops: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -322,6 +337,9 @@ class FacefixPipeline:
             cycle_align: SAMM cycles for this call (default: SAMM's config).
             style_edits: a variant's edits; its text edits (StyleCLIP global directions) become StyleSpace offsets
                 of the generator (see :meth:`style_offsets`), the others are ignored here (they are in ``w_plus``).
+
+        Raises:
+            FacefixError: the result holds NaN or inf (it would be written as a plausible-looking black image).
         """
         w = (inversion.w_plus if w_plus is None else w_plus).to(self.device)
         offsets = self.style_offsets(style_edits)
@@ -364,6 +382,10 @@ class FacefixPipeline:
             lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 68, 2) * (size / crop_size)
             alpha = face_mask(lms, size).to(self.device)
         image = gen if alpha is None else blend(x, gen, alpha)
+        if not bool(torch.isfinite(image).all()):
+            # would be written as a black or noise image that looks like a result
+            raise FacefixError("the models produced NaN or inf pixels (corrupt weights, or an edit far outside its "
+                               "useful range)")
         return PipelineOutput(image, w, gen, alpha, mode, aligns)
 
     @torch.no_grad()

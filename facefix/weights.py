@@ -27,6 +27,9 @@ SHA-1 against the known collision attacks, and a second preimage for a fixed id 
 commit-pinned file has passed, its sha256 and size are recorded under ``$HF_HOME/facefix/pins/``, and every
 later load checks the file against that record, offline too: a file changed after its download never loads.
 
+Downloads give up after ``$FACEFIX_DOWNLOAD_TIMEOUT`` seconds (default 30) without an answer, to connect or
+between two reads: with no network, a one-line error comes within about that time, and no partial file is left.
+
 A verified file gets a ``<file>.sha256-ok`` marker recording its size and mtime, so a 1.2 GB checkpoint is
 hashed once, not on every run. A cached file whose hash is wrong is deleted and never used (a file in the
 user's own folder is left alone, but still refused).
@@ -63,6 +66,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ENV_WEIGHTS_DIR",
+    "ENV_DOWNLOAD_TIMEOUT",
     "Manifest",
     "WeightEntry",
     "EntryRow",
@@ -75,6 +79,7 @@ __all__ = [
     "cache_dir",
     "resolve",
     "download",
+    "download_timeout",
     "verify",
     "list_entries",
     "path",
@@ -87,6 +92,8 @@ __all__ = [
 ]
 
 ENV_WEIGHTS_DIR = "FACEFIX_WEIGHTS_DIR"
+ENV_DOWNLOAD_TIMEOUT = "FACEFIX_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 30.0  # seconds without an answer (connect, or between reads) before a download fails
 STATUSES = ("full", "bundled", "commit", "incomplete", "unavailable")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -464,7 +471,7 @@ def _hub_metadata(entry: WeightEntry) -> _SourcePin:
 
     source = _source_name(entry)
     try:
-        infos = HfApi(endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None).get_paths_info(
+        infos = HfApi(endpoint=_hub_endpoint()).get_paths_info(
             entry.repo_id, [entry.filename], revision=entry.revision, repo_type=entry.repo_type)
     except Exception as err:  # HTTP errors, timeouts, offline: all mean "cannot verify"
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -533,9 +540,56 @@ def _verify_local(entry: WeightEntry, file: Path, *, owned: bool, offline: bool 
 # -------------------------------------------------------------------------------- downloads
 
 
-def _hub_download(entry: WeightEntry, *, offline: bool) -> Path:
+def download_timeout() -> float:
+    """Seconds a download waits for an answer (to connect, or between two reads): ``$FACEFIX_DOWNLOAD_TIMEOUT``,
+    default 30."""
+    raw = os.environ.get(ENV_DOWNLOAD_TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:
+        raise WeightsError(f"${ENV_DOWNLOAD_TIMEOUT}={raw!r}: expected a number of seconds, e.g. 30")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _probe_hub(entry: WeightEntry, endpoint: str | None, timeout: float) -> None:
+    """One HEAD request for the file, without retries: with no network, or a server that never answers, fail now.
+
+    huggingface_hub retries a failed request 5 times, then again with a 60 s timeout, which leaves a user without a
+    network waiting for minutes and prints a warning per retry. HTTP errors (404, 401 gated) are left to
+    ``hf_hub_download``, whose messages name them.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    url = hf_hub_url(entry.repo_id or "", entry.filename, repo_type=entry.repo_type, revision=entry.revision,
+                     endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=timeout)  # no retries (huggingface_hub's default for this call)
+    except HfHubHTTPError:
+        return
+    except Exception as err:  # connect/read timeouts, DNS, refused, TLS: all mean "no usable network"
+        host = (endpoint or "https://huggingface.co").split("://")[-1].split("/")[0]
+        raise WeightsError(f"{entry.name}: cannot download: no answer from {host} ({_first_line(err)}); check the "
+                           "network connection") from err
+
+
+def _hub_endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+
+def _hub_download(entry: WeightEntry, *, offline: bool, probed: bool = False) -> Path:
+    """``hf_hub_download`` with the timeout; ``probed``: :func:`_probe_hub` already ran for this entry."""
     from huggingface_hub import hf_hub_download  # local import: keeps `import facefix` light
 
+    timeout = download_timeout()
     kwargs: dict[str, Any] = {
         "repo_id": entry.repo_id,
         "filename": entry.filename,
@@ -543,9 +597,12 @@ def _hub_download(entry: WeightEntry, *, offline: bool) -> Path:
         "repo_type": entry.repo_type,
         "cache_dir": str(hub_cache_dir()),
         "local_files_only": offline,
+        "etag_timeout": timeout,
     }
-    if os.environ.get("HF_ENDPOINT"):
-        kwargs["endpoint"] = os.environ["HF_ENDPOINT"].rstrip("/")
+    if _hub_endpoint():
+        kwargs["endpoint"] = _hub_endpoint()
+    if not offline and not probed:
+        _probe_hub(entry, kwargs.get("endpoint"), timeout)
     try:
         return Path(hf_hub_download(**kwargs))
     except Exception as err:  # huggingface_hub raises many types (HTTP, offline, OSError); all mean "no file"
@@ -569,7 +626,7 @@ def _url_download(entry: WeightEntry, target: Path, progress: ProgressCallback |
     done = 0
     try:
         request = urllib.request.Request(entry.url, headers={"User-Agent": "facefix"})
-        with urllib.request.urlopen(request, timeout=60) as response, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(request, timeout=download_timeout()) as response, os.fdopen(fd, "wb") as out:
             total = response.headers.get("Content-Length")
             total_n = int(total) if total and total.isdigit() else entry.size
             for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -670,8 +727,9 @@ def resolve(
     if entry.is_hub and entry.sha256 is None:  # commit-pinned: the Hub's metadata first, so a bad path costs nothing
         if offline:
             raise WeightsError(f"{entry.name}: not in the local cache and offline; {_download_hint(entry)}")
+        _probe_hub(entry, _hub_endpoint(), download_timeout())  # no network: one line now, not minutes of retries
         pin = _hub_metadata(entry)
-        return _accept(entry, _hub_download(entry, offline=False), pin, owned=True)
+        return _accept(entry, _hub_download(entry, offline=False, probed=True), pin, owned=True)
     if entry.is_hub:
         assert entry.sha256 is not None
         return _check(entry, _hub_download(entry, offline=offline), entry.sha256, owned=True)
@@ -820,6 +878,7 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
     - a missing file: an error naming it.
     """
     import torch
+    from safetensors import SafetensorError
 
     p = Path(file)
     if not p.is_file():
@@ -851,6 +910,8 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise WeightsError(f"{p}: corrupt or truncated checkpoint, download it again ({first})") from err
+    except SafetensorError as err:  # torch.load hands *.safetensors files to safetensors (bad header, bad JSON)
+        raise WeightsError(f"{p}: corrupt safetensors file ({_first_line(err)})") from err
 
 
 def safetensors_cache_path(source: str | os.PathLike[str]) -> Path:
@@ -939,7 +1000,7 @@ def to_safetensors_cache(
 def load_safetensors_cache(source: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any] | None:
     """The nested tensors saved by :func:`to_safetensors_cache` for ``source`` (memory-mapped), or ``None``
     when there is no copy, it is unreadable, or it was made from a file with a different sha256."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     src = Path(source)
@@ -952,5 +1013,5 @@ def load_safetensors_cache(source: str | os.PathLike[str], device: str = "cpu") 
         if meta.get("source_sha256") != _file_sha256(src):
             return None
         return _unflatten(load_file(str(target), device=device))
-    except (OSError, RuntimeError, ValueError):
+    except (OSError, RuntimeError, ValueError, SafetensorError):  # a damaged copy is rebuilt from the source
         return None

@@ -398,6 +398,35 @@ def test_parse_value_bad(text):
     assert one_line(err).startswith("--age")
 
 
+@pytest.mark.parametrize("kw,match", [
+    ({"age": "1e30"}, r"--age 1e\+30: too large; the limit is 100 and the useful range is about -5\.\.5"),
+    ({"smile": "-4:1000:3"}, "--smile 1000: too large"),  # a sweep's end
+    ({"pose": -101}, "--pose -101: too large"),
+    ({"ganspace": ["eye_openness=1e6"]}, r"--ganspace eye_openness 1e\+06: too large; the limit is 400 and the "
+                                         r"useful range is about -40\.\.40"),
+    ({"ganspace": ["eye_openness-=-401"]}, "--ganspace eye_openness -401: too large"),
+    ({"styleclip": ["mohawk=20"]}, r"--styleclip mohawk 20: too large; the limit is 10 and the useful range is "
+                                   r"0\.\.0\.15"),
+])
+def test_absurd_values_are_refused_with_the_useful_range(kw, match):
+    with pytest.raises(UsageError, match=match) as err:
+        E.build_edits(**kw)
+    one_line(err)
+
+
+def test_direction_file_limit_is_on_how_far_w_moves(tmp_path):
+    """The limit is on |factor| x the direction's length, so a short direction may take a large factor."""
+    short = tmp_path / "short.pt"
+    torch.save(torch.full((512,), 0.01 / math.sqrt(512)), short)  # length 0.01
+    assert E.build_edits(directions=[f"{short}:5000"])[0].edits[0].factor == 5000
+    with pytest.raises(UsageError, match=r"factor 20000 x the direction's length 0\.01 = 200: too large"):
+        E.build_edits(directions=[f"{short}:20000"])
+    raw = tmp_path / "raw.pt"
+    torch.save(torch.full((512,), 10.0), raw)  # length 226: even the default factor 1 is too far
+    with pytest.raises(UsageError, match="factor 1 x the direction's length 226"):
+        E.build_edits(directions=[str(raw)])
+
+
 @pytest.mark.parametrize("text,path,values,rows", [
     ("a.pt", "a.pt", None, None),
     ("path.pt:2.5@4-7", "path.pt", (2.5,), (4, 7)),

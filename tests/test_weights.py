@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -303,6 +305,62 @@ def test_url_entry_download_and_mismatch(env: Path, hub: FakeHub) -> None:
     assert not (got.parent / "age2.pt").exists()
 
 
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback port that accepts connections (the kernel completes them) and never answers: a captive portal
+    or a firewall that swallows traffic, the case where a download would otherwise wait for minutes."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def _within(seconds: float, call) -> object:
+    """``call()``'s result or exception, run in a thread; fails the test if it has not returned after ``seconds``
+    (a hang, not a timing)."""
+    box: list[object] = [None]
+
+    def target() -> None:
+        try:
+            box[0] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box[0] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still waiting after {seconds} s"
+    return box[0]
+
+
+def test_a_server_that_never_answers_fails_in_one_line_with_no_partial_file(
+        env: Path, silent_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from facefix.cli import app
+
+    monkeypatch.setenv("HF_ENDPOINT", silent_server)
+    monkeypatch.setenv(weights.ENV_DOWNLOAD_TIMEOUT, "1")
+    hub_entry = _entry(b"x")
+    url_entry = replace(hub_entry, name="urlgen", repo_id=None, url=f"{silent_server}/gen.pt")
+    for entry in (hub_entry, url_entry):
+        err = _within(60, lambda e=entry: weights.resolve(e, manifest=_manifest(e)))
+        assert isinstance(err, WeightsError) and "\n" not in str(err) and entry.name in str(err), err
+        assert "timed out" in str(err)
+    assert [p for p in env.rglob("*") if p.is_file()] == []
+    # the command: one line, exit 1
+    monkeypatch.setattr(weights, "load_manifest", lambda *a: _manifest(hub_entry))
+    result = _within(60, lambda: CliRunner().invoke(app, ["weights", "download", "fakegen"]))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "facefix: fakegen: cannot download" in \
+        result.stderr, result.output
+    monkeypatch.setenv(weights.ENV_DOWNLOAD_TIMEOUT, "soon")
+    with pytest.raises(WeightsError, match="FACEFIX_DOWNLOAD_TIMEOUT"):
+        weights.download_timeout()
+
+
 # -------------------------------------------------------------------------------- overrides
 
 
@@ -408,6 +466,13 @@ def test_safe_torch_load_ok_code_truncated_missing(tmp_path: Path) -> None:
         weights.safe_torch_load(junk)
     with pytest.raises(WeightsError, match="not found"):
         weights.safe_torch_load(tmp_path / "absent.pt")
+    # torch.load reads *.safetensors through safetensors, whose header errors are their own exception type
+    for content in (struct.pack("<Q", 10**12) + b"{}", struct.pack("<Q", 8) + b"{not js}", b"\x01"):
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(WeightsError, match="bad.safetensors: corrupt safetensors file") as info:
+            weights.safe_torch_load(bad)
+        assert "\n" not in str(info.value)
 
 
 def test_safetensors_cache_roundtrip(env: Path, tmp_path: Path) -> None:
@@ -427,6 +492,8 @@ def test_safetensors_cache_roundtrip(env: Path, tmp_path: Path) -> None:
     assert torch.equal(back["g_ema"]["b"], sd["g_ema"]["b"])
     assert torch.allclose(back["latent_avg"].float(), sd["latent_avg"], atol=1e-2)
     torch.save({"other": torch.zeros(1)}, src)  # source changed: stale copy is ignored
+    assert weights.load_safetensors_cache(src) is None
+    out.write_bytes(struct.pack("<Q", 8) + b"{not js}")  # a damaged copy is ignored too (and rebuilt by the caller)
     assert weights.load_safetensors_cache(src) is None
 
 
