@@ -588,9 +588,10 @@ def test_commit_pinned_hub_file_is_checked_against_the_hubs_metadata_and_recorde
     assert entry.downloadable and [r.downloadable for r in weights.list_entries(manifest=man)] == [True]
     got = weights.resolve(entry)
     assert got.read_bytes() == data
-    methods = [m for m, _, _ in hub.requests]
-    assert methods[0] == "POST" and "/api/models/fake-org/fake-weights/paths-info/" + REV in hub.requests[0][1]
-    assert methods.count("GET") == 1  # the metadata first, then one download
+    assert hub.requests[0][0] == "HEAD"  # the network probe (no body), then the metadata, then one download
+    fetches = [(m, p) for m, p, _ in hub.requests if m != "HEAD"]
+    assert fetches[0][0] == "POST" and "/api/models/fake-org/fake-weights/paths-info/" + REV in fetches[0][1]
+    assert [m for m, _ in fetches].count("GET") == 1
     records = list((env / "facefix" / "pins").glob("*.json"))
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
@@ -624,7 +625,7 @@ def test_commit_pinned_path_missing_from_metadata_is_refused_without_download(en
         weights.resolve(_commit_entry())
     msg = _one_line(info)
     assert "maps/m.pt is not in the Hub's metadata" in msg and "refusing" in msg
-    assert hub.count("GET") == 0 and hub.count("HEAD") == 0
+    assert hub.count("GET") == 0 and hub.count("HEAD") == 1  # only the bodyless network probe
 
 
 def test_commit_pinned_file_changed_after_download_never_loads(env: Path, hub: FakeHub, monkeypatch) -> None:
