@@ -27,10 +27,10 @@ from facefix.train import (
     split_files,
     train_samm,
 )
-from tests.conftest import SHARED
+from tests.conftest import GOLDEN
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_samm.toml"
-GRACE = SHARED / "golden" / "align" / "grace_hopper_aligned1024.png"
+GRACE = GOLDEN / "align" / "grace_hopper_aligned1024.png"
 # A cheap configuration that still runs the whole recipe path (the lr is raised so a few dozen steps show a change);
 # the 64 px level joins after 10 steps, so the progressive schedule is exercised too.
 TINY = {"lr": 1e-3, "batch_size": 1, "hflip": False, "num_workers": 0, "cycle_align": 1, "log_every": 1,
