@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import torch
-from timing import best_of  # benchmarks/timing.py (this folder is on sys.path)
+from timing import best_of, repo_root_on_path  # benchmarks/timing.py (this folder is on sys.path)
 
 
 def main() -> None:
@@ -33,9 +33,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    repo_root_on_path()
     from facefix import styleclip
-    from facefix.models.recipe import fill_module
     from facefix.models.stylegan2 import Generator
+    from tests.recipe import fill_module
 
     g = fill_module(Generator(1024), "generator").eval().requires_grad_(False)
     with tempfile.TemporaryDirectory() as home:
