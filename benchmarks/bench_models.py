@@ -6,7 +6,7 @@ Run:  python benchmarks/bench_models.py [--threads 2] [--repeats 3] [--no-malloc
 Each stage runs in its own child process so that peak RSS (ru_maxrss) is per stage; models are built on the meta
 device and filled with ``assign=True`` (``tests.recipe.build_recipe``), so weights are resident once, as
 after a checkpoint load. FLOP counts are analytic
-(``shared/research/perf_baseline.md``): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
+(analytic): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
 The allocator line says whether facefix's malloc tuning (``facefix.runtime.tune_malloc``) was applied.
 
 ``gen1v4`` answers "is batch 4 cheaper per image than batch 1?" on a machine whose speed drifts 10-30% over tens of

@@ -11,7 +11,7 @@ the weight values):
   samm_32..256   the part of samm_pass spent inside each level's SAMM block
   edit_edited    one edit with --mask-from edited (a full SAMM pass on the edited code, as the paper)
   edit_original  one edit with --mask-from original (replays the inversion's flows and masks: generator + warps)
-FLOPs (``shared/research/samm_spec.md`` §3.3): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
+FLOPs (analytic): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
 Peak RSS is each stage's high-water mark (reset before the stage via /proc/self/clear_refs), the max over the
 timed rounds after a warm-up round; the last line is the max over stages. Models are built on the meta device and
 filled with ``assign=True``, as the checkpoint loader does, so weights are resident once.

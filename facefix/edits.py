@@ -7,7 +7,7 @@ pinned file). The CLI parses each flag with a ``parse_*`` function, calls :func:
 returned :class:`Variant` from one encoding: ``G(apply_edits(w_plus, variant.edits))``, with the variant's text edits
 as StyleSpace offsets (``pipe.render(..., style_edits=variant.edits)``).
 
-Conventions (``shared/research/anchors.md`` §2):
+Conventions (those of e4e, GANSpace and StyleCLIP, which published these files):
 
 - **InterFaceGAN / any direction file** (e4e convention): ``w[:, rows] += factor * direction``. The shipped
   directions are unit vectors (pose: 18 identical unit rows); no renormalisation, all 18 rows unless a row range

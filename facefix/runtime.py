@@ -2,7 +2,7 @@
 
 Why: a 1024 px StyleGAN2 pass allocates many 64-256 MB temporaries. glibc serves each one with a fresh ``mmap``
 and returns it with ``munmap`` on free, so the kernel zero-fills every page again on the next pass: about 1.5 M
-minor page faults and 5 s of system time per generator forward on 2 cores (``shared/research/perf_baseline.md``).
+minor page faults and 5 s of system time per generator forward on 2 cores.
 Telling malloc to keep large blocks on its heap (no mmap, no trimming) lets PyTorch reuse the same pages, the
 effect of preloading jemalloc without asking users to preload anything. Freed memory stays mapped to the process,
 which is what a short-lived CLI run wants. Set ``FACEFIX_MALLOC_TUNING=0`` to leave malloc alone.

@@ -188,7 +188,7 @@ def test_safetensors_cache_is_made_once_and_then_used(tmp_path, monkeypatch):
 
 
 def test_small_encoder_file_with_its_small_generator_and_a_samm_sized_for_it(tmp_path, g64):
-    """The small configuration (issue 5/6): SmallEncoder + 32-channel generator in one e4e-layout file, and a SAMM
+    """The small configuration: SmallEncoder + 32-channel generator in one e4e-layout file, and a SAMM
     whose levels take the generator's channels and whose facefix file records them."""
     from facefix.checkpoints import load_samm, save_samm
     from facefix.models.samm import SAMM

@@ -3,7 +3,7 @@
 ``Generator(1024, 512, 8, channel_multiplier=2).load_state_dict(ckpt["g_ema"])`` loads the official
 ``stylegan2-ffhq-config-f.pt`` strictly, with no renaming table: every attribute name below is a checkpoint key
 (``style.1.weight``, ``convs.3.conv.modulation.bias``, ``noises.noise_7``, ...). Numerics follow the reference
-exactly (see ``shared/golden``); only the API differs:
+exactly (``tests/golden``); only the API differs:
 
 - ``mapping`` (z -> w), ``truncate`` and ``mix`` are separate methods, and ``synthesis`` takes a W+ code
   [N, n_latent, 512] directly, so no flag changes what a call returns.
@@ -12,7 +12,7 @@ exactly (see ``shared/golden``); only the API differs:
   buffers refuses to synthesise with fixed noise instead of silently using its random initial buffers.
 - ``out_res`` stops early: the skip architecture has a valid RGB image at every level.
 - ``feature_hook(res, y)`` sees (and may replace) the output of each up-sampling conv before noise and bias, which
-  is where SAMM aligns generated features to the encoder's (``shared/research/samm_spec.md`` §2.5).
+  is where SAMM aligns generated features to the encoder's.
 - ``style_offsets`` edits StyleSpace (S): the per-layer style vectors, i.e. the outputs of every ModulatedConv2d's
   ``modulation`` affine (26 at 1024, toRGB included; :meth:`Generator.style_layers`), get an additive offset, as
   StyleCLIP's global directions do. ``s + ds`` is what the convolution is modulated with; nothing else changes.

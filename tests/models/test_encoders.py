@@ -74,7 +74,7 @@ def test_fpn_upsample_mode_matters(e4e):
     bicubic.load_state_dict(e4e.state_dict())
     a, b = e4e(x), bicubic.eval()(x)
     assert torch.equal(a[:, :3], b[:, :3])          # coarse rows read c3 only
-    assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3  # FPN rows differ (samm_spec §2.3)
+    assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3  # FPN rows differ (bicubic vs bilinear upsampling)
 
 
 @torch.no_grad()
