@@ -48,12 +48,9 @@ CPU_BATCH_SHARED_RES = 64
 shared-weight form over the whole batch, and the rest one sample at a time.
 
 Why: below 128 px the maps are small and each sample's modulated filters large (512x512x3x3), so N small GEMMs
-that each build and read their own filters lose to one batched GEMM over the shared weight: on 2 cores the 4-64 px
-levels (``out_res=64``, medians of 15 rounds) took 235-266 ms at batch 1 and 185-208 ms per image at batch 4, and
-the shared form alone is no faster at batch 1 (248 vs 253 ms), so the saving is the batch's. Above, the
-maps are large (a 1024 px map is 134 MB) and there is nothing left to share: one sample at a time keeps a map in
-cache and needs no copies into a batch tensor, while sharing every level made batch 4 1.29-1.38x slower per
-image. Cut-offs at 32, 128 and 256 px saved 33, 46 and 23 ms per image against 58 ms at 64.
+that each build and read their own filters lose to one batched GEMM over the shared weight. Above, the maps are
+large (a 1024 px map is 134 MB) and there is nothing left to share: one sample at a time keeps a map in cache and
+needs no copies into a batch tensor. 64 px was the best cut-off measured (``benchmarks/README.md``).
 """
 
 
@@ -202,11 +199,9 @@ class ModulatedConv2d(nn.Module):
         Each sample gets its own modulated filters, as in the reference's fused path, so the numerics equal the
         reference's. The batch runs as one grouped convolution (groups = N), as the reference does, except in CPU
         inference, where each sample runs its own convolution into a preallocated output: oneDNN's grouped
-        convolution needs ~1.4 GB more at batch 4 and 1024 px (peak RSS 3.35 GB instead of 1.97 GB in a process
-        running batch 1 and batch 4) and is not faster per image (paired rounds on 2 cores: the loop's per-image
-        time over the grouped one's 1.01-1.06, within the 1.02 that identical code measured). Without a feature
-        hook, ``Generator.synthesis`` splits a CPU batch itself (:data:`CPU_BATCH_SHARED_RES`); this loop serves a
-        hooked batch (SAMM with ``--batch-size`` > 1 on a CPU).
+        convolution needs much more memory there and is not faster per image (``benchmarks/README.md``). Without
+        a feature hook, ``Generator.synthesis`` splits a CPU batch itself (:data:`CPU_BATCH_SHARED_RES`); this loop
+        serves a hooked batch (SAMM with ``--batch-size`` > 1 on a CPU).
         """
         n = x.shape[0]
         weight = self.modulated_weight(w, style_offset)
