@@ -36,6 +36,8 @@ from facefix.models.stylegan2 import Generator
 from facefix.runtime import mmap_large_blocks
 
 ENCODER_RES = 256
+OFFICIAL_SAMM_RES = 1024
+"""The official SAMM script resizes every crop to this size (bilinear, no antialias) before its model."""
 ENCODER_TYPES = ("e4e", "restyle")
 MASK_MODES = ("auto", "samm", "error", "face", "none")
 MASK_FROM = ("edited", "original")
@@ -249,10 +251,20 @@ class FacefixPipeline:
         return cls(gen, loaded.encoder, latent_avg, restyle_iters, samm_model).to(dev)
 
     # -- stages -----------------------------------------------------------------------------------------------
+    def _official_resize(self, x: Tensor) -> Tensor:
+        """With official SAMM weights and a 1024 generator, faces [N,3,S,S] resized to 1024 as the official script
+        resizes any crop before its model (bilinear, no antialias); else ``x`` as is. The encoder input and the
+        blend both start from this image, as in the official code."""
+        size = self.generator.size
+        if self.input_resize != "bilinear" or size != OFFICIAL_SAMM_RES or x.shape[-1] == size:
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
     def prepare(self, crops: Sequence[np.ndarray] | np.ndarray) -> tuple[Tensor, Tensor]:
         """uint8 crops -> (x [N,3,S,S] in [-1,1] for blending, x256 [N,3,256,256] for the encoder), on device."""
         x = faces_to_tensor(crops)
-        x256 = _bilinear_256(x) if self.input_resize == "bilinear" else encoder_input(crops, "pil")
+        x256 = _bilinear_256(self._official_resize(x)) if self.input_resize == "bilinear" else \
+            encoder_input(crops, "pil")
         return x.to(self.device), x256.to(self.device)
 
     def style_stats(self) -> styleclip.StyleStats:
@@ -368,6 +380,8 @@ class FacefixPipeline:
             gen = self.generator.synthesis(w, noise=noise, out_res=out_res, style_offsets=offsets)
         x = x.to(self.device, gen.dtype)
         crop_size = x.shape[-1]  # landmarks are in the input crop's px
+        if size == self.generator.size:
+            x = self._official_resize(x)
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if mode == "error":
