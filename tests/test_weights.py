@@ -456,3 +456,16 @@ def test_partial_blob_from_a_killed_run_is_not_used(env: Path, hub: FakeHub) -> 
     assert got.read_bytes() == data
     assert len([m for m, _, _ in hub.requests if m == "GET"]) == 1
     assert weights.verify(manifest=_manifest(entry))[0].status == "ok"
+
+
+def test_download_without_names_skips_training_only_files(env: Path, hub: FakeHub) -> None:
+    data, vgg = _payload(), _payload(1000, seed=1)
+    hub.add("gen.pt", data)
+    hub.add("vgg.pt", vgg)
+    man = _manifest(_entry(data), _entry(vgg, name="fakevgg", filename="vgg.pt", purpose="training: perceptual"))
+    assert list(weights.download(manifest=man)) == ["fakegen"]
+    assert hub.count("GET") == 1
+    assert list(weights.download(["fakevgg"], manifest=man)) == ["fakevgg"]  # named: fetched
+    shipped = weights.load_manifest()
+    assert {e.name for e in shipped if e.training_only} == {"ir_se50", "vgg19"}
+    assert {"e4e", "stylegan2"} <= {e.name for e in shipped if e.downloadable and not e.training_only}
