@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from facefix.batch import InputFile, InputReport
     from facefix.edits import Variant
     from facefix.photo import PhotoOptions
-    from facefix.pipeline import FacefixPipeline
     from facefix.weights import ProgressCallback
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -270,26 +269,19 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Full tracebacks.")]
 
 
-def _load_pipeline(generator: Path | None, encoder: Path | None, samm: Path | None, encoder_type: str,
-                   restyle_iters: int, device: str, offline: bool, cycle_align: int | None) -> FacefixPipeline:
-    from facefix.pipeline import FacefixPipeline
-    from facefix.runtime import tune_malloc
-
-    tune_malloc()
-    return FacefixPipeline.from_pretrained(generator=generator, encoder=encoder, encoder_type=encoder_type,
-                                           restyle_iters=restyle_iters, device=device,
-                                           offline=True if offline else None, samm=samm, cycle_align=cycle_align)
-
-
 def _run_photos(command: str, inputs: list[str], model: dict[str, Any], options: PhotoOptions, extras: set[str],
                 output: Path, overwrite: bool, shard: str | None, quiet: bool, as_json: bool, debug: bool,
                 edits: Sequence[Variant] = (), latent: Path | None = None) -> int:
-    """invert and edit: load the models once, then ``facefix.batch.PhotoRun`` per input."""
+    """invert and edit: load the models once (``model``: from_pretrained's arguments), then
+    ``facefix.batch.PhotoRun`` per input."""
     from facefix.batch import PhotoRun
     from facefix.photo import check_saved_codes
+    from facefix.pipeline import FacefixPipeline
+    from facefix.runtime import tune_malloc
 
     items = _inputs(inputs, shard, output)
-    pipe = _load_pipeline(**model)
+    tune_malloc()
+    pipe = FacefixPipeline.from_pretrained(**model)
     opts = options.for_pipeline(pipe)  # checks --mask samm against the loaded weights (usage error, exit 2)
     if options.mask == MaskMode.auto and pipe.samm is None and not quiet:
         _err(f"no SAMM weights (none are published; pass --samm FILE or train them with `facefix train samm`): "
@@ -298,7 +290,7 @@ def _run_photos(command: str, inputs: list[str], model: dict[str, Any], options:
         try:
             check_saved_codes(pipe, opts)
         except UsageError as e:
-            raise UsageError(f"--latent: {e} (--encoder-type e4e)") from None
+            raise UsageError(f"--latent with --encoder-type {pipe.encoder_type}: {e}") from None
     report = {"aligned": opts.aligned, "face": str(opts.face), "encoder_type": pipe.encoder_type,
               "mask": str(opts.mask), "mask_from": str(opts.mask_from),
               "samm": str(model["samm"]) if model["samm"] else None, "device": str(pipe.device),
@@ -360,8 +352,8 @@ def invert(
         options, extras = _photo_options(aligned, face, no_paste_back, mask, MaskFrom.edited, resolution, seed,
                                          cycle_align, batch_size, save)
         model = {"generator": generator, "encoder": encoder, "samm": samm,
-                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"),
-                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
+                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
+                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
         code = _run_photos("invert", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug)
     raise typer.Exit(code)
 
@@ -437,8 +429,8 @@ def edit(
         if latent is not None and not latent.exists():
             raise UsageError(f"--latent {latent}: no such file or folder")
         model = {"generator": generator, "encoder": encoder, "samm": samm,
-                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"),
-                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
+                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
+                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
         code = _run_photos("edit", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug,
                            variants, latent)
     raise typer.Exit(code)

@@ -85,6 +85,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, pipe):
                            w_plus=torch.zeros(2, 10, 512))
 
 
+def test_saved_codes_with_samm_need_e4e():
+    from types import SimpleNamespace
+
+    from facefix.photo import check_saved_codes
+
+    restyle = SimpleNamespace(encoder_type="restyle")
+    check_saved_codes(restyle, PhotoOptions(mask="error"))
+    with pytest.raises(UsageError, match="needs the e4e encoder"):
+        check_saved_codes(restyle, PhotoOptions(mask="samm"))
+
+
 def test_import_facefix_does_not_load_torch():
     root = Path(__file__).resolve().parents[1]
     light = "import sys, facefix; assert facefix.MaskMode.face == 'face'; assert 'torch' not in sys.modules"
