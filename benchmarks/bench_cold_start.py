@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import best_of  # benchmarks/timing.py (this folder is on sys.path)
+from timing import best_of, repo_root_on_path  # benchmarks/timing.py (this folder is on sys.path)
 
 
 def main() -> None:
@@ -94,7 +94,7 @@ def real_size_cold_start() -> None:
     import subprocess
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    repo_root_on_path()
     from tests.conftest import write_e4e_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="facefix-bench-") as tmp:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import best_of  # benchmarks/timing.py (this folder is on sys.path)
+from timing import best_of, repo_root_on_path  # benchmarks/timing.py (this folder is on sys.path)
 
 
 def write_mapper(path: Path) -> None:
@@ -58,8 +58,10 @@ def part1(repeats: int) -> None:
 def part2(k: int, res: int) -> None:
     from facefix.edits import apply_edits, build_edits
     from facefix.models.encoders import Encoder4Editing
-    from facefix.models.recipe import fill_module, latent_avg
     from facefix.models.stylegan2 import Generator
+
+    repo_root_on_path()
+    from tests.recipe import fill_module, latent_avg
 
     t0 = time.perf_counter()
     gen = fill_module(Generator(1024), "generator").eval().requires_grad_(False)

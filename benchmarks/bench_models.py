@@ -4,9 +4,9 @@ Run:  python benchmarks/bench_models.py [--threads 2] [--repeats 3] [--no-malloc
           [--stages gen1,gen4,e4e,chain,restyle,gen1v4]
 
 Each stage runs in its own child process so that peak RSS (ru_maxrss) is per stage; models are built on the meta
-device and filled with ``assign=True`` (``facefix.models.recipe.build_recipe``), so weights are resident once, as
+device and filled with ``assign=True`` (``tests.recipe.build_recipe``), so weights are resident once, as
 after a checkpoint load. FLOP counts are analytic
-(``shared/research/perf_baseline.md``): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
+(analytic): generator 150.77 GFLOP per 1024 image, e4e encoder 145.0 GFLOP per 256 input.
 The allocator line says whether facefix's malloc tuning (``facefix.runtime.tune_malloc``) was applied.
 
 ``gen1v4`` answers "is batch 4 cheaper per image than batch 1?" on a machine whose speed drifts 10-30% over tens of
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from timing import tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
+from timing import repo_root_on_path, tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
 
 GEN_GFLOP = 150.77
 E4E_GFLOP = 145.0
@@ -35,8 +35,10 @@ def _child(stage: str, threads: int, repeats: int, tune: bool) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from facefix.models.recipe import build_recipe, latent_avg
     from facefix.models.stylegan2 import Generator
+
+    repo_root_on_path()
+    from tests.recipe import build_recipe, latent_avg
 
     gen = enc = None
     if stage in ("gen1", "gen4", "gen1v4", "chain", "restyle"):

@@ -11,7 +11,7 @@ the weight values):
   samm_32..256   the part of samm_pass spent inside each level's SAMM block
   edit_edited    one edit with --mask-from edited (a full SAMM pass on the edited code, as the paper)
   edit_original  one edit with --mask-from original (replays the inversion's flows and masks: generator + warps)
-FLOPs (``shared/research/samm_spec.md`` §3.3): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
+FLOPs (analytic): SAMM ~1009 GFLOP at cycle_align 2, generator ~151, e4e ~145.
 Peak RSS is each stage's high-water mark (reset before the stage via /proc/self/clear_refs), the max over the
 timed rounds after a warm-up round; the last line is the max over stages. Models are built on the meta device and
 filled with ``assign=True``, as the checkpoint loader does, so weights are resident once.
@@ -20,25 +20,25 @@ filled with ``assign=True``, as the checkpoint loader does, so weights are resid
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from pathlib import Path
 
-from timing import tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
+from timing import REPO_ROOT, repo_root_on_path, tune_after_build  # benchmarks/timing.py (this folder is on sys.path)
 
-_SHARED = os.environ.get("FACEFIX_SHARED", str(Path(__file__).resolve().parents[2] / "shared"))
+GRACE = REPO_ROOT / "tests" / "golden" / "align" / "grace_hopper_aligned1024.png"
 
 
 def _build(cycle_align: int):
     from facefix.models.encoders import Encoder4Editing
-    from facefix.models.recipe import build_recipe, latent_avg
     from facefix.models.samm import SAMM
     from facefix.models.stylegan2 import Generator
     from facefix.pipeline import FacefixPipeline
+
+    repo_root_on_path()
+    from tests.recipe import build_recipe, latent_avg
 
     gen = build_recipe(lambda: Generator(1024), "generator")
     enc = build_recipe(Encoder4Editing, "encoder", 5000)
@@ -93,7 +93,7 @@ def main() -> None:
     from facefix.edits import apply_edits, build_edits
     from facefix.models.samm import SAMMBlock
 
-    crop = np.asarray(Image.open(Path(_SHARED) / "golden/align/grace_hopper_aligned1024.png").convert("RGB"))
+    crop = np.asarray(Image.open(GRACE).convert("RGB"))
     (variant,) = build_edits(smile=2.0)
     level_times: dict[int, list[float]] = defaultdict(list)
     original_forward = SAMMBlock.forward

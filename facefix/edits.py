@@ -1,11 +1,13 @@
-"""Latent edits on W+ codes: InterFaceGAN directions, GANSpace named edits, StyleCLIP latent mappers.
+"""Latent edits on W+ codes: InterFaceGAN directions, GANSpace named edits, StyleCLIP latent mappers and
+StyleCLIP global (text) directions.
 
 Pure functions on W+ [N,L,D] (N faces, L = 18 rows at 1024 px, D = 512): nothing here calls the generator, prints
-or downloads (StyleCLIP mappers are located through :func:`facefix.weights.resolve`, which may fetch a pinned
-file). The CLI parses each flag with a ``parse_*`` function, calls :func:`build_edits` once, and renders every
-returned :class:`Variant` from one encoding: ``G(apply_edits(w_plus, variant.edits))``.
+or downloads (StyleCLIP mappers, fs3 and CLIP are located through :func:`facefix.weights.resolve`, which may fetch a
+pinned file). The CLI parses each flag with a ``parse_*`` function, calls :func:`build_edits` once, and renders every
+returned :class:`Variant` from one encoding: ``G(apply_edits(w_plus, variant.edits))``, with the variant's text edits
+as StyleSpace offsets (``pipe.render(..., style_edits=variant.edits)``).
 
-Conventions (``shared/research/anchors.md`` §2):
+Conventions (those of e4e, GANSpace and StyleCLIP, which published these files):
 
 - **InterFaceGAN / any direction file** (e4e convention): ``w[:, rows] += factor * direction``. The shipped
   directions are unit vectors (pose: 18 identical unit rows); no renormalisation, all 18 rows unless a row range
@@ -20,10 +22,14 @@ Conventions (``shared/research/anchors.md`` §2):
   ``D * comp[k] * std[k]`` (= the absolute form with ``value = coord + D``); ``D = 0`` is an exact no-op.
 - **StyleCLIP latent mappers** (StyleCLIP ``mapper/scripts/inference.py``): ``w + strength * mapper(w)``, default
   strength 0.1; a mapper without its fine group leaves rows 8-17 unchanged.
+- **StyleCLIP global directions** (``--text``, :mod:`facefix.styleclip`): W+ is left alone; the generator's styles
+  get ``s(w) + alpha * direction * s_std`` (alpha in style std units, default 3; relevance threshold beta, default
+  0.15), so a sweep ``--alpha -5:5:11`` works as the other sweeps.
 
 Edits apply in order; the order :func:`build_edits` uses is: ``--age``, ``--smile``, ``--pose``, ``--direction``\\ s,
-``--ganspace``, ``--styleclip``. Directions commute; a GANSpace target is measured after them, so it still holds
-on the final code; mappers are non-linear and go last.
+``--ganspace``, ``--styleclip``, ``--text``. Directions commute; a GANSpace target is measured after them, so it still
+holds on the final code; mappers are non-linear and go last among W+ edits; a text edit acts on the styles of the
+final W+ code.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facefix import styleclip as text_dirs
 from facefix import weights
 from facefix.errors import InputError, UsageError, WeightsError
 from facefix.models.stylegan2 import EqualLinear, PixelNorm
@@ -54,6 +61,7 @@ __all__ = [
     "DirectionEdit",
     "GanspaceEdit",
     "MapperEdit",
+    "TextEdit",
     "GanspaceNamedEdit",
     "GanspacePCA",
     "LevelsMapper",
@@ -71,7 +79,8 @@ __all__ = [
     "parse_direction_spec",
     "parse_ganspace_spec",
     "parse_styleclip_spec",
-    "check_text_edit",
+    "parse_text_spec",
+    "style_edits",
     "build_edits",
     "list_directions",
 ]
@@ -85,6 +94,11 @@ GANSPACE_EDITS_FILE = "ganspace_named_edits.tsv"
 N_LATENT = 18
 STYLE_DIM = 512
 MAX_SWEEP_STEPS = 240  # 10 s of animation at 24 fps; more is almost certainly a typo
+# The largest edit values accepted, 10-20x beyond any useful edit: only typos (1e30, a lost decimal point) are
+# refused, which would otherwise render noise or NaN and still be written as a result.
+MAX_DIRECTION_STEP = 100.0  # |factor| x direction length, i.e. how far W+ moves; useful about 5 (unit directions)
+MAX_GANSPACE_VALUE = 400.0  # std units; useful about -40..40
+MAX_STYLECLIP_STRENGTH = 10.0  # useful 0..0.15
 
 #: The 14 published StyleCLIP mappers -> (coarse, medium, fine) groups present. Fine is absent for 7 of them
 #: (StyleRes ``styleclip_mapping_configs.csv``, SFE ``latent_editor.py``); the loader reads the groups from the file.
@@ -489,6 +503,29 @@ class MapperEdit(Edit):
         return w_plus + self.strength * self.mapper(w_plus)
 
 
+@dataclass(frozen=True, eq=False)
+class TextEdit(Edit):
+    """StyleCLIP global direction (``--text``): ``apply`` leaves W+ unchanged; the renderer adds
+    ``alpha * direction * s_std`` to the generator's styles (:func:`facefix.styleclip.style_offsets`)."""
+
+    prompt: str
+    neutral: str
+    direction: text_dirs.GlobalDirection
+    alpha: float = text_dirs.DEFAULT_ALPHA
+
+    @property
+    def label(self) -> str:
+        return f"text{_fmt(self.alpha, sign=True)}"
+
+    def apply(self, w_plus: Tensor) -> Tensor:
+        return w_plus
+
+
+def style_edits(edits: Iterable[Edit]) -> list[tuple[text_dirs.GlobalDirection, float]]:
+    """The StyleSpace part of a variant: ``(direction, alpha)`` of each :class:`TextEdit`, in order."""
+    return [(e.direction, e.alpha) for e in edits if isinstance(e, TextEdit)]
+
+
 def apply_edits(w_plus: Tensor, edits: Iterable[Edit]) -> Tensor:
     """Apply ``edits`` in order. w_plus: [N,L,D] (not modified) -> edited [N,L,D], same device and dtype."""
     if w_plus.ndim != 3:
@@ -513,33 +550,47 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-def parse_value(text: str | float, what: str = "value") -> float | list[float]:
+def _check_limit(values: Iterable[float], what: str, limit: float, useful: str, scale: float = 1.0) -> None:
+    """UsageError unless every ``|value| x scale`` is at most ``limit`` (``scale``: a direction file's length)."""
+    v = max(values, key=abs)  # of a sweep, the end the user typed
+    if abs(v) * scale > limit:
+        size = "" if abs(scale - 1) < 1e-3 else f" x the direction's length {scale:.3g} = {abs(v) * scale:.3g}"
+        raise UsageError(f"{what} {v:g}{size}: too large; the limit is {limit:g} and the useful range is "
+                         f"{useful} (see `facefix directions list`)")
+
+
+def parse_value(text: str | float, what: str = "value", limit: float | None = None,
+                useful: str = "") -> float | list[float]:
     """A number (``3``, ``+3``, ``-1.5``, ``2e-1``) -> float, or a sweep ``A:B:N`` -> N evenly spaced floats
-    from A to B inclusive (2 <= N <= 240). ``what`` (e.g. ``"--age"``) starts the :class:`UsageError` message."""
+    from A to B inclusive (2 <= N <= 240). ``what`` (e.g. ``"--age"``) starts the :class:`UsageError` message.
+    ``limit``: the largest |value| accepted (sweep ends included); the error quotes ``useful``, the useful range."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if not math.isfinite(text):
             raise UsageError(f"{what} {text}: not a finite number")
-        return float(text)
-    s = str(text).strip()
-    if _NUM_RE.fullmatch(s):
-        return _number(s, what)
-    m = _SWEEP_RE.fullmatch(s)
-    if m is None:
-        raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep FROM:TO:N (-4:4:9)")
-    a, b, n = _number(m[1], what), _number(m[2], what), int(m[3])
-    if not 2 <= n <= MAX_SWEEP_STEPS:
-        raise UsageError(f"{what} {text!r}: a sweep needs 2 to {MAX_SWEEP_STEPS} steps, got {n}")
-    values = [a + (b - a) * i / (n - 1) for i in range(n)]
-    values[-1] = b  # exact end point despite rounding
-    return values
+        values = [float(text)]
+    elif _NUM_RE.fullmatch(s := str(text).strip()):
+        values = [_number(s, what)]
+    else:
+        m = _SWEEP_RE.fullmatch(s)
+        if m is None:
+            raise UsageError(f"{what} {text!r}: expected a number (3, -1.5, +2) or a sweep FROM:TO:N (-4:4:9)")
+        a, b, n = _number(m[1], what), _number(m[2], what), int(m[3])
+        if not 2 <= n <= MAX_SWEEP_STEPS:
+            raise UsageError(f"{what} {text!r}: a sweep needs 2 to {MAX_SWEEP_STEPS} steps, got {n}")
+        values = [a + (b - a) * i / (n - 1) for i in range(n)]
+        values[-1] = b  # exact end point despite rounding
+    if limit is not None:
+        _check_limit(values, what, limit, useful)
+    return values if len(values) > 1 else values[0]
 
 
 @dataclass(frozen=True)
 class EditSpec:
     """One parsed edit flag, before any file is read.
 
-    kind: ``"direction"`` (``target`` = built-in name or file), ``"ganspace"`` (named edit) or ``"styleclip"``
-    (mapper name or file). ``values``: the value, or the N values of a sweep; ``None`` = the edit's default.
+    kind: ``"direction"`` (``target`` = built-in name or file), ``"ganspace"`` (named edit), ``"styleclip"``
+    (mapper name or file) or ``"text"`` (prompt; values = alpha). ``values``: the value, or the N values of a sweep;
+    ``None`` = the edit's default.
     ``rows``: direction only, inclusive W+ rows. ``relative``: GANSpace ``+=`` / ``-=`` form.
     """
 
@@ -598,7 +649,7 @@ def parse_ganspace_spec(text: str, table: Mapping[str, GanspaceNamedEdit] | None
         return EditSpec("ganspace", name)
     if not m["value"].strip():
         raise UsageError(f"--ganspace {text!r}: missing value after {m['op']!r}")
-    values = _values(parse_value(m["value"], f"--ganspace {name}"))
+    values = _values(parse_value(m["value"], f"--ganspace {name}", MAX_GANSPACE_VALUE, "about -40..40"))
     if m["op"] == "-=":
         values = tuple(-v for v in values)
     return EditSpec("ganspace", name, values, relative=m["op"] != "=")
@@ -618,18 +669,16 @@ def parse_styleclip_spec(text: str) -> EditSpec:
         return EditSpec("styleclip", name)
     if not value.strip():
         raise UsageError(f"--styleclip {text!r}: missing strength after '='")
-    return EditSpec("styleclip", name, _values(parse_value(value, f"--styleclip {name}")))
+    return EditSpec("styleclip", name, _values(parse_value(value, f"--styleclip {name}", MAX_STYLECLIP_STRENGTH,
+                                                           "0..0.15")))
 
 
-def check_text_edit(prompt: str) -> None:
-    """``--text PROMPT`` (StyleCLIP global directions): needs the optional CLIP extra. Always raises
-    :class:`UsageError`: how to install CLIP when it is missing; otherwise that global directions are not yet
-    supported."""
-    if importlib.util.find_spec("clip") is None:
-        raise UsageError('--text needs OpenAI CLIP, which is not installed: pip install "facefix[clip]" '
-                         "(or: pip install clip-anytorch)")
-    raise UsageError(f"--text {prompt!r}: StyleCLIP global directions are not supported yet; "
-                     "use --styleclip NAME (latent mappers) or --ganspace NAME")
+def parse_text_spec(prompt: str, alpha: str | float | None = None) -> EditSpec:
+    """``--text PROMPT`` with ``--alpha A`` (default 3; a sweep ``A:B:N`` is allowed)."""
+    if not prompt.strip():
+        raise UsageError("--text: empty prompt (e.g. --text \"a face with curly hair\")")
+    values = None if alpha is None else _values(parse_value(alpha, "--alpha"))
+    return EditSpec("text", prompt.strip(), values)
 
 
 # -------------------------------------------------------------------------------- building variants
@@ -656,6 +705,11 @@ def build_edits(
     ganspace: Sequence[str | EditSpec] = (),
     styleclip: Sequence[str | EditSpec] = (),
     text: str | None = None,
+    neutral: str | None = None,
+    alpha: str | float | None = None,
+    beta: float | None = None,
+    clip: str | Path | None = None,
+    fs3: str | Path | None = None,
     offline: bool | None = None,
     n_latent: int = N_LATENT,
 ) -> list[Variant]:
@@ -665,18 +719,22 @@ def build_edits(
         age, smile, pose: InterFaceGAN factor (``3``, ``"-1.5"``) or sweep string (``"-4:4:9"``); None = unused.
         directions, ganspace, styleclip: raw flag values (``"d.pt:2@4-7"``, ``"eye_openness+=5"``,
             ``"mohawk=0.08"``) or already-parsed :class:`EditSpec`\\ s, in command-line order.
-        text: ``--text`` prompt (see :func:`check_text_edit`).
-        offline: passed to :func:`facefix.weights.resolve` for StyleCLIP mappers.
+        text: ``--text`` prompt (StyleCLIP global direction, :mod:`facefix.styleclip`); ``neutral`` its neutral
+            prompt (default ``"a face"``), ``alpha`` its strength or sweep (default 3), ``beta`` its relevance
+            threshold (default 0.15), ``clip`` a CLIP text model folder and ``fs3`` an ``fs3.npy`` file (default: the
+            manifest's pinned files).
+        offline: passed to :func:`facefix.weights.resolve` for StyleCLIP mappers, fs3 and CLIP.
         n_latent: W+ rows of the generator (direction files and row ranges are checked against it).
     Returns:
         One :class:`Variant` per image: a single one (possibly with no edits), or N for a sweep ``A:B:N``, all
         sharing the same loaded tensors and mapper modules.
     Raises:
-        UsageError for bad syntax, unknown names or more than one swept edit; InputError / WeightsError for
-        unreadable direction, PCA or mapper files.
+        UsageError for bad syntax, unknown names, more than one swept edit, text options without ``--text`` or a
+        missing CLIP extra; InputError / WeightsError for unreadable direction, PCA, mapper, fs3 or CLIP files.
     """
-    if text is not None:
-        check_text_edit(text)
+    text_options = {"--neutral": neutral, "--alpha": alpha, "--beta": beta, "--clip": clip, "--fs3": fs3}
+    if text is None and any(v is not None for v in text_options.values()):
+        raise UsageError(f"{next(k for k, v in text_options.items() if v is not None)} needs --text PROMPT")
     specs: list[EditSpec] = []
     for name, value in (("age", age), ("smile", smile), ("pose", pose)):
         if value is not None:
@@ -684,6 +742,8 @@ def build_edits(
     specs += _spec_list(directions, lambda s: parse_direction_spec(s, n_latent))
     specs += _spec_list(ganspace, parse_ganspace_spec)
     specs += _spec_list(styleclip, parse_styleclip_spec)
+    if text is not None:
+        specs.append(parse_text_spec(text, alpha))
     swept = [s for s in specs if s.is_sweep]
     if len(swept) > 1:
         raise UsageError("only one edit can be swept (FROM:TO:N) per run; got sweeps for "
@@ -699,6 +759,9 @@ def build_edits(
                 direction, name = load_builtin_direction(spec.target), spec.target
             else:
                 direction, name = load_direction(spec.target, n_latent), Path(spec.target).stem
+            _check_limit(spec.values or (1.0,), f"--{name}" if spec.target in BUILTIN_DIRECTIONS else
+                         f"--direction {spec.target}: factor", MAX_DIRECTION_STEP, "about -5..5 for a unit direction",
+                         float(direction.norm(dim=-1).max()))
             factories.append((spec, 1.0, lambda v, s=spec, d=direction, n=name: DirectionEdit(n, d, v, s.rows)))
         elif spec.kind == "ganspace":
             pca = pca or load_ganspace_pca()
@@ -717,6 +780,10 @@ def build_edits(
             name = Path(spec.target).stem if _looks_like_file(spec.target) else spec.target
             factories.append((spec, STYLECLIP_DEFAULT_STRENGTH,
                               lambda v, n=name, mp=mapper: MapperEdit(n, mp, v)))
+        elif spec.kind == "text":
+            direction, neutral_text = _text_direction(spec.target, neutral, beta, clip, fs3, offline)
+            factories.append((spec, text_dirs.DEFAULT_ALPHA, lambda v, t=spec.target, nt=neutral_text,
+                              d=direction: TextEdit(t, nt, d, v)))
         else:
             raise UsageError(f"unknown edit kind {spec.kind!r}")
 
@@ -731,6 +798,27 @@ def build_edits(
     return variants
 
 
+def _text_direction(prompt: str, neutral: str | None, beta: float | None, clip: str | Path | None,
+                    fs3: str | Path | None, offline: bool | None) -> tuple[text_dirs.GlobalDirection, str]:
+    """Load fs3 and CLIP (checking the extra and fetching the pinned files first), embed the prompts, threshold."""
+    neutral = text_dirs.DEFAULT_NEUTRAL if neutral is None else neutral.strip()
+    try:
+        beta = text_dirs.DEFAULT_BETA if beta is None else float(beta)
+    except (TypeError, ValueError):
+        raise UsageError(f"--beta {beta!r}: not a number") from None
+    if not neutral:
+        raise UsageError("--neutral: empty prompt (the default is \"a face\")")
+    if not (math.isfinite(beta) and 0 < beta < 1):
+        raise UsageError(f"--beta {beta:g}: expected a relevance threshold between 0 and 1 (useful 0.08..0.3)")
+    if importlib.util.find_spec("transformers") is None:
+        raise UsageError("--text needs the optional CLIP text model (transformers), which is not installed: "
+                         "pip install 'facefix[clip]'")
+    fs3_file = weights.resolve(text_dirs.FS3_ENTRY, override=fs3, offline=offline)
+    model = text_dirs.load_clip_text(clip, offline)
+    delta_t = model.text_delta(prompt, neutral, text_dirs.prompt_templates())
+    return text_dirs.global_direction(text_dirs.load_fs3(fs3_file), delta_t, beta), neutral
+
+
 # -------------------------------------------------------------------------------- listing
 
 
@@ -739,7 +827,7 @@ class DirectionInfo:
     """One row of ``facefix directions list``."""
 
     name: str
-    kind: str          # interfacegan | ganspace | styleclip
+    kind: str          # interfacegan | ganspace | styleclip (latent mapper) | styleclip-text (global direction)
     usage: str         # the flag to use
     value: str         # what the number means
     useful_range: str
@@ -751,7 +839,8 @@ class DirectionInfo:
 
 def list_directions() -> list[DirectionInfo]:
     """Everything ``facefix edit`` can apply: 3 InterFaceGAN directions, the named GANSpace edits, the 14
-    StyleCLIP mappers (with whether each file is on disk). Never downloads or hashes."""
+    StyleCLIP mappers (with whether each file is on disk) and StyleCLIP global text directions (available when the
+    CLIP extra is installed). Never downloads or hashes."""
     rows = [
         DirectionInfo(name, "interfacegan", f"--{name} F", "F x unit direction added to W+ (e4e convention; "
                       "PTI/SFE factors are 2x ours)", "about -5..5", "none (F required)", "0-17", True,
@@ -769,8 +858,17 @@ def list_directions() -> list[DirectionInfo]:
         except WeightsError:
             path = None
         present = path is not None and path.is_file()
-        note = str(path) if present else f"not on disk: set FACEFIX_STYLECLIP_{name.upper()} or pass a .pt file"
+        note = str(path) if present else f"downloaded on first use (about 141 MB; `facefix weights download " \
+            f"styleclip_{name}`), or set FACEFIX_STYLECLIP_{name.upper()} / pass a .pt file"
         rows.append(DirectionInfo(
-            name, "styleclip", f"--styleclip {name}[=S]", "S in w + S x mapper(w)", "0..0.15",
+            name, "styleclip", f"--styleclip {name}[=S]", "S in w + S x mapper(w) (a learned W+ residual)", "0..0.15",
             _fmt(STYLECLIP_DEFAULT_STRENGTH), "0-17" if fine else "0-7 (no fine group)", present, note))
+    rows.append(DirectionInfo(
+        "text", "styleclip-text", '--text "PROMPT" [--neutral "a face"] [--alpha A] [--beta B]',
+        f"A = style std units the most relevant channel moves (s + A x direction x s_std; sweep A:B:N); B = CLIP "
+        f"relevance threshold (default {_fmt(text_dirs.DEFAULT_BETA)}; useful 0.08..0.3, higher = fewer channels)",
+        "about -6..6", _fmt(text_dirs.DEFAULT_ALPHA), "S-space (no W+ row)",
+        importlib.util.find_spec("transformers") is not None,
+        "needs pip install 'facefix[clip]'; CLIP ViT-B/32 (605 MB) and StyleCLIP's fs3.npy are downloaded on first "
+        "use"))
     return rows

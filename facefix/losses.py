@@ -1,4 +1,4 @@
-"""Training losses and validation metrics for SAMM (``shared/research/samm_spec.md`` §5.3, §7).
+"""Training losses and validation metrics for SAMM (the official SAMM training and test code).
 
 - :class:`VGG19Features` / :class:`PerceptualLoss`: torchvision's ImageNet VGG19, features *before* ReLU at conv1_2,
   conv2_2, conv3_4, conv4_4, conv5_4 (layer weights 0.1, 0.1, 1, 1, 1); L1 on the features (perceptual) and on
@@ -252,7 +252,7 @@ class LPIPS(nn.Module):
     the 1x1 ``lin{l}`` weights. Two trunks, picked by the lin file:
 
     - ``"alex"`` (default): torchvision AlexNet. The variant the ``lpips`` authors recommend as a metric and the
-      one the official SAMM test script computes (spec §6.5, §7; that script also feeds a [-0.5,1.5] range and
+      one the official SAMM test script computes (that script also feeds a [-0.5,1.5] range and
       BGR, a quirk not reproduced here). Cheap at 1024 px (stride-4 first conv).
     - ``"vgg"``: torchvision VGG16 (the package's ``net='vgg'``), ~20x the FLOPs.
 
@@ -325,7 +325,7 @@ def load_lpips(backbone_path: str | Path, lin_path: str | Path) -> LPIPS:
 
 
 def mask_losses(aligns: Mapping[int, Tensor], mask: Tensor, tau: Mapping[int, float]) -> tuple[Tensor, Tensor]:
-    """SAMM's mask terms over the active levels and the composed mask (spec §5.3).
+    """SAMM's mask terms over the active levels and the composed mask (the official loss terms).
 
     binary = sum_r mean(min(alpha_r, 1 - alpha_r)) (pushes alphas to 0 or 1);
     area = sum_r relu(mean(alpha_r) - tau_r) (caps the out-of-domain fraction), means over the whole batch.

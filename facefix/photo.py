@@ -234,7 +234,7 @@ def render_faces(pipe: FacefixPipeline, x: Tensor, inversion: Inversion, edits: 
             rng.manual_seed(options.seed)  # the same noise for every edit: only the edit differs
         outs.append(pipe.render(x, inversion, w_plus=apply_edits(inversion.w_plus, v.edits), mask=options.mask,
                                 reference=ref if reuse_mask else None, landmarks=landmarks, generator=rng,
-                                out_res=options.out_res, cycle_align=options.cycle_align))
+                                out_res=options.out_res, cycle_align=options.cycle_align, style_edits=v.edits))
     return [FaceResult([to_uint8(o.image[i].cpu()) for o in outs], [_mask_np(o, i) for o in outs],
                        inversion.w_plus[i:i + 1].cpu(),
                        None if ref is None else to_uint8(ref.image[i].cpu()),

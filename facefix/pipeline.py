@@ -7,7 +7,8 @@ stage can also be called alone, so an edit of k attributes costs one :meth:`enco
 Data flow (N faces, L = 18 W+ rows, D = 512, S = 1024 aligned crops, R = output size):
     crops uint8 [N][S,S,3] --prepare--> x [N,3,S,S] in [-1,1] and x256 [N,3,256,256] (the encoder's resize)
     --encode--> Inversion(w_plus [N,L,D], encoder taps of the last encoder call)
-    --render(w_plus + edits)--> generator (SAMM hooks at 32..256 px) -> G [N,3,R,R]
+    --render(w_plus + edits, style_edits)--> generator (StyleSpace offsets of text edits; SAMM hooks at 32..256 px)
+                               -> G [N,3,R,R]
                                -> mask A [N,1,R,R] (SAMM, error, face or none) -> A * x + (1 - A) * G
 
 Masks: alpha = 1 means out-of-domain, taken from the input (spec convention). ``mask="auto"`` is SAMM when the
@@ -16,6 +17,7 @@ pipeline has SAMM weights, else the landmark face mask when landmarks are given,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from facefix import edits, styleclip
 from facefix.config import EncoderType, MaskMode
-from facefix.errors import UsageError
+from facefix.errors import FacefixError, UsageError
 from facefix.image_io import image_batch, to_tensor
 from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
@@ -37,23 +40,37 @@ from facefix.runtime import mmap_large_blocks
 ENCODER_RES = 256
 
 
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available, else MPS, else CPU; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
-    if spec == "auto":
+    """``auto`` -> CUDA if available, else MPS, else CPU; otherwise ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Anything else (``meta``, ``xpu``, ``cuda:x``) is a :class:`UsageError`, and so is a device this machine does
+    not have, before any weights are loaded."""
+    m = _DEVICE_RE.fullmatch(str(spec).strip().lower())
+    if m is None:
+        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+    name = m[0]
+    if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        if m[1] is not None and int(m[1]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    if name == "mps" and not _mps_available():
         raise UsageError(f"--device {spec}: MPS is not available on this machine (use --device cpu)")
-    return device
+    return torch.device(name)
 
 
 def _bilinear_256(x: Tensor) -> Tensor:
@@ -145,6 +162,7 @@ class FacefixPipeline:
             if isinstance(encoder, Encoder4Editing):
                 encoder.fpn_upsample = mode["fpn_upsample"]
         self._avg_image: Tensor | None = None
+        self._style_stats: styleclip.StyleStats | None = None
 
     @property
     def encoder_type(self) -> str:
@@ -216,6 +234,18 @@ class FacefixPipeline:
         x256 = _bilinear_256(x) if self.input_resize == "bilinear" else encoder_input(crops, "pil")
         return x.to(self.device), x256.to(self.device)
 
+    def style_stats(self) -> styleclip.StyleStats:
+        """The generator's StyleSpace mean/std (for text edits): computed once per generator, cached on disk."""
+        if self._style_stats is None:
+            self._style_stats = styleclip.cached_style_statistics(self.generator)
+        return self._style_stats
+
+    def style_offsets(self, style_edits: Sequence[edits.Edit]) -> list[Tensor | None] | None:
+        """The StyleSpace offsets of the text edits among ``style_edits`` (others ignored), one [1,C] or None per
+        style layer; None without text edits. :class:`~facefix.errors.InputError` when fs3 does not fit."""
+        pairs = edits.style_edits(style_edits)
+        return styleclip.style_offsets(self.generator, pairs, self.style_stats()) if pairs else None
+
     def average_image(self) -> Tensor:
         """ReStyle's iteration-0 feedback: face_pool(G(latent_avg)) with fixed noise, [1,3,256,256]; cached."""
         if self._avg_image is None:
@@ -270,7 +300,7 @@ class FacefixPipeline:
     def render(self, x: Tensor, inversion: Inversion, w_plus: Tensor | None = None, mask: str = "auto",
                reference: PipelineOutput | None = None, landmarks: np.ndarray | None = None,
                generator: torch.Generator | None = None, out_res: int | None = None,
-               cycle_align: int | None = None) -> PipelineOutput:
+               cycle_align: int | None = None, style_edits: Sequence[edits.Edit] = ()) -> PipelineOutput:
         """Generate from a (possibly edited) code and blend the out-of-domain regions of the input back.
 
         Args:
@@ -284,8 +314,14 @@ class FacefixPipeline:
             generator: seeded RNG for random noise (``--seed``); default: the checkpoint's fixed noise.
             out_res: output size R (default the generator's).
             cycle_align: SAMM cycles for this call (default: SAMM's config).
+            style_edits: a variant's edits; its text edits (StyleCLIP global directions) become StyleSpace offsets
+                of the generator (see :meth:`style_offsets`), the others are ignored here (they are in ``w_plus``).
+
+        Raises:
+            FacefixError: the result holds NaN or inf (it would be written as a plausible-looking black image).
         """
         w = (inversion.w_plus if w_plus is None else w_plus).to(self.device)
+        offsets = self.style_offsets(style_edits)
         mode = self.resolve_mask(mask, landmarks is not None)
         size = out_res or self.generator.size
         noise = self.generator.random_noise(w.shape[0], generator) if generator is not None else None
@@ -304,10 +340,11 @@ class FacefixPipeline:
             # SAMM passes (and the replays between them) allocate ever larger temporaries per level, which
             # fragment a heap that never maps: see runtime.mmap_large_blocks
             with mmap_large_blocks():
-                gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook)
+                gen = self.generator.synthesis(w, noise=noise, out_res=out_res, feature_hook=hook,
+                                               style_offsets=offsets)
             alpha = reused if reused is not None else compose_mask(aligns, size)
         else:
-            gen = self.generator.synthesis(w, noise=noise, out_res=out_res)
+            gen = self.generator.synthesis(w, noise=noise, out_res=out_res, style_offsets=offsets)
         x = x.to(self.device, gen.dtype)
         crop_size = x.shape[-1]  # landmarks are in the input crop's px
         if x.shape[-1] != size:
@@ -316,7 +353,7 @@ class FacefixPipeline:
             if reused is not None:
                 alpha = reused
             else:
-                unedited = gen if w_plus is None else self.generator.synthesis(
+                unedited = gen if w_plus is None and offsets is None else self.generator.synthesis(
                     inversion.w_plus.to(self.device), noise=noise, out_res=out_res)
                 alpha = error_mask(x, unedited)
         elif mode == "face":
@@ -324,6 +361,10 @@ class FacefixPipeline:
             lms = np.asarray(landmarks, dtype=np.float32).reshape(-1, 68, 2) * (size / crop_size)
             alpha = face_mask(lms, size).to(self.device)
         image = gen if alpha is None else blend(x, gen, alpha)
+        if not bool(torch.isfinite(image).all()):
+            # would be written as a black or noise image that looks like a result
+            raise FacefixError("the models produced NaN or inf pixels (corrupt weights, or an edit far outside its "
+                               "useful range)")
         return PipelineOutput(image, w, gen, alpha, mode, aligns)
 
     @torch.no_grad()

@@ -2,7 +2,7 @@
 
 Why: a 1024 px StyleGAN2 pass allocates many 64-256 MB temporaries. glibc serves each one with a fresh ``mmap``
 and returns it with ``munmap`` on free, so the kernel zero-fills every page again on the next pass: about 1.5 M
-minor page faults and 5 s of system time per generator forward on 2 cores (``shared/research/perf_baseline.md``).
+minor page faults and 5 s of system time per generator forward on 2 cores.
 Telling malloc to keep large blocks on its heap (no mmap, no trimming) lets PyTorch reuse the same pages, the
 effect of preloading jemalloc without asking users to preload anything. Freed memory stays mapped to the process,
 which is what a short-lived CLI run wants. Set ``FACEFIX_MALLOC_TUNING=0`` to leave malloc alone.
@@ -61,10 +61,8 @@ def mmap_large_blocks(threshold: int = 8 << 20) -> Iterator[None]:
     maps or trims, the freed blocks of one level are too small for the next one's, so the heap grows ~1 GB past
     what is live (3.0-3.5 GB peak RSS for a 1024 photo instead of ~2.4 GB live). Mapping the blocks of 8 MB and
     more (the SAMM level activations and the generator's maps from 64 px up) keeps the peak near the live
-    size, while the many smaller ones (Winograd chunks, see ``facefix.models.ops``) reuse heap pages. Measured
-    with ``benchmarks/bench_samm.py`` on 2 cores (peak over stages, 3-7 runs each): a 64 MB threshold with 64 MB
-    Winograd chunks, 3.06-3.23 GB and ~2 s more system time per SAMM pass; 16 MB with 8 MB chunks,
-    2.82-3.02 GB; 8 MB with 4 MB chunks, 2.60-2.94 GB at the same speed.
+    size, while the many smaller ones (Winograd chunks, see ``facefix.models.ops``) reuse heap pages. The
+    threshold was chosen with ``benchmarks/bench_samm.py`` (``benchmarks/README.md``).
     """
     if _mallopt is None:
         yield

@@ -1,8 +1,8 @@
 """SAMM training: frozen e4e encoder and StyleGAN2 generator, trainable SAMM (``feats_conv`` + ``modulation``).
 
-The recipe is the official E4E one (``shared/research/samm_spec.md`` §5); :class:`TrainConfig` holds it as defaults
-and ``examples/train_samm.toml`` documents every key. The library entry point is :func:`train_samm`; the
-``facefix train samm`` command only parses options into it.
+The recipe is the official SAMM E4E one; :class:`TrainConfig` holds it as defaults and ``examples/train_samm.toml``
+documents every key. The library entry point is :func:`train_samm`; the ``facefix train samm`` command only parses
+options into it.
 
 One step (N images per process, S = generator size, L W+ rows, D = 512; alpha = 1 means out-of-domain):
 
@@ -11,7 +11,7 @@ One step (N images per process, S = generator size, L W+ rows, D = 512; alpha = 
     --SAMM.project + generator.synthesis with the SAMM hook on the active levels, random noise--> G [N,3,S,S] and
     the align tensors --compose_mask--> A [N,1,S,S] --blend--> y = A x + (1 - A) G
     loss = 1 MSE(y, x) + 1 VGG19 perceptual + 50 Gram style + 0.1 identity + 0.2 mask-binary + 5 mask-area
-    (the GAN term is left out: the official G loss sees a detached fake, so it has no gradient, spec §8.2)
+    (the GAN term is left out: the official G loss sees a detached fake, so it has no gradient)
     Adam(2e-5, betas (0, 0.99)), lr x0.75 every 15k steps, EMA decay 0.5**(32/10000) of all SAMM parameters.
 
 Progressive levels: 32 px from the start; 64, 128 and 256 px join after ``progressive_steps`` (2k, 6k, 10k), as
@@ -95,7 +95,7 @@ _STATE_RE = re.compile(r"^state_step(\d+)\.pt$")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything a SAMM training run is configured with; defaults = the official E4E recipe (spec §5).
+    """Everything a SAMM training run is configured with; defaults = the official E4E recipe.
 
     The TOML file (``load_config``) uses these names as top-level keys; ``examples/train_samm.toml`` documents
     them. Weights of the loss terms are the recipe's effective ones (mask-binary 0.2 = 5.0 x 0.04).
@@ -419,7 +419,7 @@ def active_levels(step: int, progressive_steps: Sequence[int], generator_size: i
 
 
 def init_samm(samm: SAMM, seed: int) -> SAMM:
-    """Training-from-scratch initialisation (spec §3.4), drawn from a generator seeded with ``seed``.
+    """Training-from-scratch initialisation (as the official code's), drawn from a generator seeded with ``seed``.
 
     AlignNet convs: ``xavier_normal_`` (gain 1), biases 0; ``feats_conv``: PyTorch's default conv init
     (``kaiming_uniform_(a=sqrt(5))``, bias U(+-1/sqrt(fan_in))). InstanceNorm affines (1, 0) and PReLU (0.25)
@@ -469,7 +469,7 @@ class SAMMForward(nn.Module):
 
 
 class SAMMCriterion:
-    """The weighted loss terms of spec §5.3; the VGG and identity terms are left out when their network is None.
+    """The official recipe's weighted loss terms; VGG and identity terms are left out when their network is None.
 
     __call__(y, x, aligns, mask) -> {"pixel", ["perceptual", "style",] ["identity",] "mask_binary", "mask_area",
     "total"}: weighted scalars; y, x [N,3,S,S] in [-1,1]; aligns {r: [N,3,r,r]}; mask [N,1,S,S].
@@ -540,7 +540,7 @@ def load_models(encoder_path: str | os.PathLike[str] | None, generator_path: str
     A ``SmallEncoder`` file (``checkpoints.save_encoder``; small generators, the synthetic benchmark) is accepted too.
 
     The encoder file comes from ``encoder_path`` or the manifest; the generator is ``generator_path``'s, else the
-    e4e file's decoder. In ``official`` mode with a generator file, its [512] ``latent_avg`` is used (spec §6.2).
+    e4e file's decoder. In ``official`` mode with a generator file, its [512] ``latent_avg`` is used (as officially).
     """
     enc_file = weights.resolve("e4e", override=encoder_path, offline=offline)
     loaded = checkpoints.load_encoder(enc_file, fpn_upsample=ENCODER_MODES[encoder_mode]["fpn_upsample"],

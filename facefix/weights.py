@@ -11,12 +11,24 @@ Where :func:`resolve` looks for a file, in order:
 2. an environment variable: ``FACEFIX_<NAME>`` (e.g. ``FACEFIX_STYLEGAN2``, ``FACEFIX_STYLECLIP_AFRO``) or the
    entry's alias from the manifest: ``FACEFIX_GENERATOR`` (stylegan2), ``FACEFIX_ENCODER`` (e4e),
    ``FACEFIX_RESTYLE`` (restyle_e4e), ``FACEFIX_SAMM`` (samm); also used as given;
-3. ``$FACEFIX_WEIGHTS_DIR/<local name>`` (a folder filled by hand; sha256-checked when the manifest pins one);
+3. ``$FACEFIX_WEIGHTS_DIR/<local name>`` (a folder filled by hand; checked when the manifest pins the file);
 4. for ``bundled`` entries, the file shipped by a pip package (dlib's predictor in face-recognition-models);
 5. the Hugging Face cache via ``hf_hub_download(repo_id, filename, revision=...)`` (honours ``HF_HOME``,
    ``HF_HUB_CACHE``, ``HF_ENDPOINT``, ``HF_TOKEN``; ``local_files_only`` when offline), or for non-Hub entries
-   a urllib download into ``$HF_HOME/facefix/files/``; both sha256-checked;
+   a urllib download into ``$HF_HOME/facefix/files/``; both checked against the pin;
 6. otherwise :class:`~facefix.errors.WeightsError` with one line saying what to run.
+
+Pins. A ``full`` entry carries its sha256 and size in the manifest. A ``commit`` entry is pinned by its source's
+commit only, for files whose hash was never published (the StyleCLIP mappers): a Hub file is checked against the
+LFS sha256 and size that the Hub's metadata gives for that 40-hex commit (``HfApi.get_paths_info``, read before
+downloading, so a path missing there is refused without fetching anything); a file at a commit-pinned URL is
+checked against its git blob id from that commit's tree (``sha1(b"blob <size>\0" + bytes)``; git hardens its
+SHA-1 against the known collision attacks, and a second preimage for a fixed id is out of reach). Once a
+commit-pinned file has passed, its sha256 and size are recorded under ``$HF_HOME/facefix/pins/``, and every
+later load checks the file against that record, offline too: a file changed after its download never loads.
+
+Downloads give up after ``$FACEFIX_DOWNLOAD_TIMEOUT`` seconds (default 30) without an answer, to connect or
+between two reads: with no network, a one-line error comes within about that time, and no partial file is left.
 
 A verified file gets a ``<file>.sha256-ok`` marker recording its size and mtime, so a 1.2 GB checkpoint is
 hashed once, not on every run. A cached file whose hash is wrong is deleted and never used (a file in the
@@ -54,6 +66,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "ENV_WEIGHTS_DIR",
+    "ENV_DOWNLOAD_TIMEOUT",
     "Manifest",
     "WeightEntry",
     "EntryRow",
@@ -66,10 +79,12 @@ __all__ = [
     "cache_dir",
     "resolve",
     "download",
+    "download_timeout",
     "verify",
     "list_entries",
     "path",
     "sha256_file",
+    "git_blob_id",
     "safe_torch_load",
     "safetensors_cache_path",
     "to_safetensors_cache",
@@ -77,10 +92,13 @@ __all__ = [
 ]
 
 ENV_WEIGHTS_DIR = "FACEFIX_WEIGHTS_DIR"
-STATUSES = ("full", "bundled", "incomplete", "unavailable")
+ENV_DOWNLOAD_TIMEOUT = "FACEFIX_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 30.0  # seconds without an answer (connect, or between reads) before a download fails
+STATUSES = ("full", "bundled", "commit", "incomplete", "unavailable")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _MARKER_SUFFIX = ".sha256-ok"
+_PINS_DIR = "pins"
 _CHUNK = 1 << 20
 
 #: ``progress(name, bytes_done, bytes_total_or_None)``, called during URL downloads.
@@ -108,6 +126,7 @@ class WeightEntry:
     local_name: str | None = None
     env: str | None = None
     package: str | None = None
+    git_blob: str | None = None
     note: str = ""
 
     @property
@@ -134,7 +153,10 @@ class WeightEntry:
 
     @property
     def downloadable(self) -> bool:
-        """True when facefix may fetch it: pinned with a sha256 and a source."""
+        """True when facefix may fetch it: pinned with a sha256 and a source, or by its source's commit
+        (a Hub revision, or a URL with the git blob id of that commit's file)."""
+        if self.status == "commit":
+            return self.is_hub or (self.url is not None and self.git_blob is not None)
         return (
             self.status in ("full", "bundled")
             and self.sha256 is not None
@@ -191,8 +213,15 @@ def _parse_manifest(data: Mapping[str, Any], source: str) -> Manifest:
             raise WeightsError(f"{source}: {entry.name}: sha256 must be 64 lowercase hex digits")
         if entry.status == "full" and (entry.sha256 is None or entry.size is None):
             raise WeightsError(f"{source}: {entry.name}: status 'full' needs sha256 and size")
-        if entry.is_hub and entry.status in ("full", "bundled") and not _HEX40.match(entry.revision or ""):
+        if entry.is_hub and entry.status in ("full", "bundled", "commit") and not _HEX40.match(entry.revision or ""):
             raise WeightsError(f"{source}: {entry.name}: a Hub pin needs a 40-hex revision")
+        if entry.git_blob is not None and not _HEX40.match(entry.git_blob):
+            raise WeightsError(f"{source}: {entry.name}: git_blob must be 40 lowercase hex digits")
+        if entry.status == "commit":
+            if entry.sha256 is not None:
+                raise WeightsError(f"{source}: {entry.name}: a 'commit' entry has no sha256 (pinned ones are 'full')")
+            if not entry.is_hub and (entry.git_blob is None or not _HEX40.match(entry.revision or "")):
+                raise WeightsError(f"{source}: {entry.name}: a commit-pinned URL needs git_blob and a 40-hex revision")
         seen.add(entry.name)
         entries.append(entry)
     return Manifest(entries=tuple(entries), source=source)
@@ -276,9 +305,9 @@ def _bundled_path(entry: WeightEntry) -> Path | None:
 
 
 def _download_hint(entry: WeightEntry) -> str:
-    if entry.downloadable:
-        return f"run `facefix weights download {entry.name}`"
     vars_ = " or ".join(entry.env_vars)
+    if entry.downloadable:
+        return f"run `facefix weights download {entry.name}` (or set {vars_} to a copy you have)"
     return f"pass a local path or set {vars_}"
 
 
@@ -378,30 +407,195 @@ def _remove_cached(file: Path) -> None:
             pass
 
 
-def _check(entry: WeightEntry, file: Path, *, owned: bool) -> Path:
-    """Check ``file`` against the pinned sha256 (cheap with a marker); mismatch: delete if owned, raise."""
-    if entry.sha256 is None:
-        return file
+def git_blob_id(file: str | os.PathLike[str]) -> str:
+    """The git object id of a file's bytes: hex ``sha1(b"blob <size>\\0" + bytes)`` (what a commit's tree lists)."""
+    p = Path(file)
+    digest = hashlib.sha1(b"blob %d\0" % p.stat().st_size)
+    with open(p, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _mismatch(entry: WeightEntry, file: Path, detail: str, *, owned: bool) -> WeightsError:
+    """Delete a bad file from a cache (``owned``) and return the one-line error that says so."""
+    if owned:
+        _remove_cached(file)
+    what = "deleted it from the cache; download it again" if owned else "not using it"
+    return WeightsError(f"{entry.name}: {detail} for {file} ({what})")
+
+
+def _check(entry: WeightEntry, file: Path, expected: str, *, owned: bool, against: str = "expected") -> Path:
+    """Check ``file`` against sha256 ``expected`` (cheap with a marker); mismatch: delete if owned, raise."""
     try:
         actual = _file_sha256(file)
     except OSError as err:
         raise WeightsError(f"{entry.name}: cannot read {file} ({err})") from err
-    if actual != entry.sha256:
-        if owned:
-            _remove_cached(file)
-        what = "deleted it from the cache; download it again" if owned else "not using it"
-        raise WeightsError(
-            f"{entry.name}: sha256 mismatch for {file}: expected {entry.sha256}, got {actual} ({what})"
-        )
+    if actual != expected:
+        raise _mismatch(entry, file, f"sha256 mismatch: {against} {expected}, got {actual}", owned=owned)
     return file
+
+
+# -------------------------------------------------------------------------------- commit pins
+
+
+@dataclass(frozen=True)
+class _SourcePin:
+    """What a commit-pinned file must be, from its source: LFS ``sha256`` + ``size``, or a git ``blob`` id."""
+
+    source: str
+    sha256: str | None = None
+    size: int | None = None
+    blob: str | None = None
+
+
+def _source_name(entry: WeightEntry) -> str:
+    where = entry.repo_id if entry.is_hub else entry.url
+    return f"{where}@{(entry.revision or '')[:8]}"
+
+
+def _record_path(entry: WeightEntry) -> Path:
+    """Where the sha256 and size of a verified commit-pinned file are recorded: one JSON per source file."""
+    ident = f"{entry.repo_type}:{entry.repo_id}@{entry.revision}/{entry.filename}" if entry.is_hub else \
+        f"{entry.url}#{entry.git_blob}"
+    return cache_dir() / _PINS_DIR / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
+
+
+def _recorded(entry: WeightEntry) -> dict[str, Any] | None:
+    """``{"sha256", "size"}`` recorded when this commit-pinned file was first verified, else None."""
+    try:
+        data = json.loads(_record_path(entry).read_text())
+    except (OSError, ValueError):
+        return None
+    sha, size = data.get("sha256"), data.get("size")
+    return data if isinstance(sha, str) and _HEX64.match(sha) and isinstance(size, int) else None
+
+
+def _hub_metadata(entry: WeightEntry) -> _SourcePin:
+    """The LFS sha256 and size the Hub lists for ``entry.filename`` at ``entry.revision`` (one POST, no download)."""
+    from huggingface_hub import HfApi
+
+    source = _source_name(entry)
+    try:
+        infos = HfApi(endpoint=_hub_endpoint()).get_paths_info(
+            entry.repo_id, [entry.filename], revision=entry.revision, repo_type=entry.repo_type)
+    except Exception as err:  # HTTP errors, timeouts, offline: all mean "cannot verify"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{entry.name}: cannot read the Hub's metadata for {source} ({detail})") from err
+    info = next((i for i in infos if getattr(i, "path", None) == entry.filename and hasattr(i, "blob_id")), None)
+    if info is None:
+        raise WeightsError(f"{entry.name}: {entry.filename} is not in the Hub's metadata for {source}; "
+                           "refusing to download it")
+    lfs = info.lfs
+    if lfs is not None and _HEX64.match(str(lfs.sha256)) and isinstance(lfs.size, int):
+        return _SourcePin(f"the Hub's LFS metadata for {source}", sha256=lfs.sha256, size=lfs.size)
+    if lfs is None and _HEX40.match(str(info.blob_id)):  # a small file kept in git itself
+        return _SourcePin(f"the git blob id the Hub lists for {source}", blob=info.blob_id, size=info.size)
+    raise WeightsError(f"{entry.name}: the Hub's metadata for {source} has no usable hash for {entry.filename}")
+
+
+def _accept(entry: WeightEntry, file: Path, pin: _SourcePin, *, owned: bool) -> Path:
+    """Check a commit-pinned file against its source's pin; on success record its sha256 and size (and a marker),
+    so later loads are checked against the record; on failure delete it if ``owned`` and raise one line."""
+    try:
+        size = file.stat().st_size
+        if pin.blob is not None and git_blob_id(file) != pin.blob:
+            raise _mismatch(entry, file, f"git blob id differs from {pin.source} (expected {pin.blob})", owned=owned)
+        actual = sha256_file(file)
+    except OSError as err:
+        raise WeightsError(f"{entry.name}: cannot read {file} ({err})") from err
+    if pin.sha256 is not None and (actual, size) != (pin.sha256, pin.size):
+        raise _mismatch(entry, file, f"does not match {pin.source} (sha256 {pin.sha256}, {pin.size} bytes; got "
+                        f"{actual}, {size} bytes)", owned=owned)
+    _record(entry, pin, actual, size)
+    _write_marker(file, actual)
+    return file
+
+
+def _record(entry: WeightEntry, pin: _SourcePin, sha256: str, size: int) -> None:
+    record = _record_path(entry)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(record, json.dumps({"name": entry.name, "source": pin.source, "sha256": sha256,
+                                           "size": size}))
+
+
+def _blob_pin(entry: WeightEntry) -> _SourcePin:
+    assert entry.git_blob is not None
+    return _SourcePin(f"git blob {entry.git_blob[:8]} of {_source_name(entry)}", blob=entry.git_blob)
+
+
+def _verify_local(entry: WeightEntry, file: Path, *, owned: bool, offline: bool | None) -> Path:
+    """Check a file found on disk for ``entry`` against its pin: the manifest's sha256, the record of a
+    commit-pinned file, or (first time) the commit's git blob id or the Hub's metadata. Unpinned: as given."""
+    if entry.sha256 is not None:
+        return _check(entry, file, entry.sha256, owned=owned)
+    if entry.status != "commit":
+        return file
+    record = _recorded(entry)
+    if record is not None:
+        return _check(entry, file, record["sha256"], owned=owned, against="recorded at download")
+    if entry.git_blob is not None:
+        return _accept(entry, file, _blob_pin(entry), owned=owned)
+    if is_offline(offline):
+        raise WeightsError(f"{entry.name}: {file} was never checked against the Hub's metadata and facefix is "
+                           f"offline; run `facefix weights download {entry.name}` online, or pass the file as a "
+                           f"path ({' or '.join(entry.env_vars)}) to use it as given")
+    return _accept(entry, file, _hub_metadata(entry), owned=owned)
 
 
 # -------------------------------------------------------------------------------- downloads
 
 
-def _hub_download(entry: WeightEntry, *, offline: bool) -> Path:
+def download_timeout() -> float:
+    """Seconds a download waits for an answer (to connect, or between two reads): ``$FACEFIX_DOWNLOAD_TIMEOUT``,
+    default 30."""
+    raw = os.environ.get(ENV_DOWNLOAD_TIMEOUT, "").strip()
+    if not raw:
+        return DEFAULT_DOWNLOAD_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e6:
+        raise WeightsError(f"${ENV_DOWNLOAD_TIMEOUT}={raw!r}: expected a number of seconds, e.g. 30")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _probe_hub(entry: WeightEntry, endpoint: str | None, timeout: float) -> None:
+    """One HEAD request for the file, without retries: with no network, or a server that never answers, fail now.
+
+    huggingface_hub retries a failed request 5 times, then again with a 60 s timeout, which leaves a user without a
+    network waiting for minutes and prints a warning per retry. HTTP errors (404, 401 gated) are left to
+    ``hf_hub_download``, whose messages name them.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import HfHubHTTPError
+
+    url = hf_hub_url(entry.repo_id or "", entry.filename, repo_type=entry.repo_type, revision=entry.revision,
+                     endpoint=endpoint)
+    try:
+        get_hf_file_metadata(url, timeout=timeout)  # no retries (huggingface_hub's default for this call)
+    except HfHubHTTPError:
+        return
+    except Exception as err:  # connect/read timeouts, DNS, refused, TLS: all mean "no usable network"
+        host = (endpoint or "https://huggingface.co").split("://")[-1].split("/")[0]
+        raise WeightsError(f"{entry.name}: cannot download: no answer from {host} ({_first_line(err)}); check the "
+                           "network connection") from err
+
+
+def _hub_endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
+
+
+def _hub_download(entry: WeightEntry, *, offline: bool, probed: bool = False) -> Path:
+    """``hf_hub_download`` with the timeout; ``probed``: :func:`_probe_hub` already ran for this entry."""
     from huggingface_hub import hf_hub_download  # local import: keeps `import facefix` light
 
+    timeout = download_timeout()
     kwargs: dict[str, Any] = {
         "repo_id": entry.repo_id,
         "filename": entry.filename,
@@ -409,9 +603,12 @@ def _hub_download(entry: WeightEntry, *, offline: bool) -> Path:
         "repo_type": entry.repo_type,
         "cache_dir": str(hub_cache_dir()),
         "local_files_only": offline,
+        "etag_timeout": timeout,
     }
-    if os.environ.get("HF_ENDPOINT"):
-        kwargs["endpoint"] = os.environ["HF_ENDPOINT"].rstrip("/")
+    if _hub_endpoint():
+        kwargs["endpoint"] = _hub_endpoint()
+    if not offline and not probed:
+        _probe_hub(entry, kwargs.get("endpoint"), timeout)
     try:
         return Path(hf_hub_download(**kwargs))
     except Exception as err:  # huggingface_hub raises many types (HTTP, offline, OSError); all mean "no file"
@@ -435,7 +632,7 @@ def _url_download(entry: WeightEntry, target: Path, progress: ProgressCallback |
     done = 0
     try:
         request = urllib.request.Request(entry.url, headers={"User-Agent": "facefix"})
-        with urllib.request.urlopen(request, timeout=60) as response, os.fdopen(fd, "wb") as out:
+        with urllib.request.urlopen(request, timeout=download_timeout()) as response, os.fdopen(fd, "wb") as out:
             total = response.headers.get("Content-Length")
             total_n = int(total) if total and total.isdigit() else entry.size
             for chunk in iter(lambda: response.read(_CHUNK), b""):
@@ -457,7 +654,14 @@ def _url_download(entry: WeightEntry, target: Path, progress: ProgressCallback |
             f"{entry.name}: sha256 mismatch for {entry.url}: expected {entry.sha256}, got {actual} "
             "(not saved)"
         )
+    pin = None if entry.sha256 is not None else _blob_pin(entry)  # commit-pinned: the commit's git blob id
+    if pin is not None and (blob := git_blob_id(tmp)) != pin.blob:
+        tmp.unlink(missing_ok=True)
+        raise WeightsError(f"{entry.name}: git blob id mismatch for {entry.url}: expected {pin.blob}, got {blob} "
+                           "(not saved)")
     os.replace(tmp, target)
+    if pin is not None:
+        _record(entry, pin, actual, done)
     _write_marker(target, actual)
     return target
 
@@ -517,17 +721,24 @@ def resolve(
         return from_env
     local = _local(entry)
     if local is not None:
-        return _check(entry, local[0], owned=local[1])
+        return _verify_local(entry, local[0], owned=local[1], offline=offline)
     if entry.status == "unavailable":
         raise WeightsError(f"{entry.name}: no download available. {entry.note}".strip())
-    if entry.status == "incomplete" or entry.sha256 is None:
+    if not entry.downloadable:
         raise WeightsError(
             f"{entry.name}: no pinned sha256 in the manifest, so facefix will not download it; "
             f"{_download_hint(entry)}"
         )
     offline = is_offline(offline)
+    if entry.is_hub and entry.sha256 is None:  # commit-pinned: the Hub's metadata first, so a bad path costs nothing
+        if offline:
+            raise WeightsError(f"{entry.name}: not in the local cache and offline; {_download_hint(entry)}")
+        _probe_hub(entry, _hub_endpoint(), download_timeout())  # no network: one line now, not minutes of retries
+        pin = _hub_metadata(entry)
+        return _accept(entry, _hub_download(entry, offline=False, probed=True), pin, owned=True)
     if entry.is_hub:
-        return _check(entry, _hub_download(entry, offline=offline), owned=True)
+        assert entry.sha256 is not None
+        return _check(entry, _hub_download(entry, offline=offline), entry.sha256, owned=True)
     if entry.url is not None:
         if offline:
             raise WeightsError(f"{entry.name}: not in the local cache and offline; {_download_hint(entry)}")
@@ -554,7 +765,7 @@ def download(
     for entry in entries:
         local = _local(entry)
         if local is not None:
-            result[entry.name] = _check(entry, local[0], owned=local[1])
+            result[entry.name] = _verify_local(entry, local[0], owned=local[1], offline=None)
         else:
             result[entry.name] = resolve(entry, manifest=man, progress=progress)
     return result
@@ -578,27 +789,37 @@ class VerifyResult:
 
 
 def verify(names: Iterable[str] | None = None, *, manifest: Manifest | None = None) -> list[VerifyResult]:
-    """Re-hash local files (ignoring markers) against the manifest. Reports; never downloads or deletes."""
+    """Re-hash local files (ignoring markers) against the manifest's sha256, or for commit-pinned entries the
+    sha256 recorded at download (or their git blob id). Reports; never touches the network, downloads or deletes."""
     man = manifest or load_manifest()
     entries = [man.get(n) for n in names] if names is not None else list(man)
     results: list[VerifyResult] = []
     for entry in entries:
         local = _local(entry)
+        record = _recorded(entry) if entry.status == "commit" else None
+        expected = entry.sha256 or (record or {}).get("sha256")
         if local is None:
-            results.append(
-                VerifyResult(entry.name, "missing", None, entry.sha256, None, _download_hint(entry))
-            )
+            results.append(VerifyResult(entry.name, "missing", None, expected, None, _download_hint(entry)))
             continue
         file = local[0]
-        if entry.sha256 is None:
-            results.append(VerifyResult(entry.name, "unpinned", file, None, None, "no sha256 pinned"))
+        if expected is None and entry.git_blob is not None:
+            actual = git_blob_id(file)
+            status = "ok" if actual == entry.git_blob else "mismatch"
+            msg = "ok (git blob id)" if status == "ok" else f"git blob id mismatch: expected {entry.git_blob}, " \
+                f"got {actual}"
+            results.append(VerifyResult(entry.name, status, file, entry.git_blob, actual, msg))
+            continue
+        if expected is None:
+            msg = "pinned by commit; no sha256 recorded yet (run `facefix weights download " \
+                f"{entry.name}`)" if entry.status == "commit" else "no sha256 pinned"
+            results.append(VerifyResult(entry.name, "unpinned", file, None, None, msg))
             continue
         actual = _file_sha256(file, use_marker=False)
-        if actual == entry.sha256:
-            results.append(VerifyResult(entry.name, "ok", file, entry.sha256, actual, "ok"))
+        if actual == expected:
+            results.append(VerifyResult(entry.name, "ok", file, expected, actual, "ok"))
         else:
-            msg = f"sha256 mismatch: expected {entry.sha256}, got {actual}"
-            results.append(VerifyResult(entry.name, "mismatch", file, entry.sha256, actual, msg))
+            msg = f"sha256 mismatch: expected {expected}, got {actual}"
+            results.append(VerifyResult(entry.name, "mismatch", file, expected, actual, msg))
     return results
 
 
@@ -613,20 +834,24 @@ class EntryRow:
     licence: str
     status: str
     purpose: str
+    downloadable: bool = False
 
 
 def list_entries(*, manifest: Manifest | None = None) -> list[EntryRow]:
-    """Every manifest entry with whether it is on disk (no network, no hashing)."""
+    """Every manifest entry with whether it is on disk and whether facefix may download it (no network, no
+    hashing). ``size``: the manifest's, or for a commit-pinned file the size recorded at its download."""
     rows = []
     for entry in manifest or load_manifest():
         try:
             file: Path | None = _env_override(entry) or (_local(entry) or (None, False))[0]
         except WeightsError:
             file = None
+        size = entry.size
+        if size is None and entry.status == "commit":
+            size = (_recorded(entry) or {}).get("size")
         rows.append(
-            EntryRow(
-                entry.name, file is not None, file, entry.size, entry.licence, entry.status, entry.purpose
-            )
+            EntryRow(entry.name, file is not None, file, size, entry.licence, entry.status, entry.purpose,
+                     entry.downloadable)
         )
     return rows
 
@@ -661,6 +886,7 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
     - a missing file: an error naming it.
     """
     import torch
+    from safetensors import SafetensorError
 
     p = Path(file)
     if not p.is_file():
@@ -692,6 +918,8 @@ def safe_torch_load(file: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except (RuntimeError, EOFError, KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise WeightsError(f"{p}: corrupt or truncated checkpoint, download it again ({first})") from err
+    except SafetensorError as err:  # torch.load hands *.safetensors files to safetensors (bad header, bad JSON)
+        raise WeightsError(f"{p}: corrupt safetensors file ({_first_line(err)})") from err
 
 
 def safetensors_cache_path(source: str | os.PathLike[str]) -> Path:
@@ -780,7 +1008,7 @@ def to_safetensors_cache(
 def load_safetensors_cache(source: str | os.PathLike[str], device: str = "cpu") -> dict[str, Any] | None:
     """The nested tensors saved by :func:`to_safetensors_cache` for ``source`` (memory-mapped), or ``None``
     when there is no copy, it is unreadable, or it was made from a file with a different sha256."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     src = Path(source)
@@ -793,5 +1021,5 @@ def load_safetensors_cache(source: str | os.PathLike[str], device: str = "cpu") 
         if meta.get("source_sha256") != _file_sha256(src):
             return None
         return _unflatten(load_file(str(target), device=device))
-    except (OSError, RuntimeError, ValueError):
+    except (OSError, RuntimeError, ValueError, SafetensorError):  # a damaged copy is rebuilt from the source
         return None

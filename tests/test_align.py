@@ -144,6 +144,90 @@ def test_face_touching_border_uses_reflect_pad(grace, gold):
     assert np.abs(corner - al.crop[150, 150].astype(np.float32)).mean() > 2.0
 
 
+# ---- detection equals the full-resolution FFHQ procedure at every photo size ----
+
+def _scaled(img: np.ndarray, f: float) -> np.ndarray:
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(img, None, fx=f, fy=f, interpolation=interp))
+
+
+# name -> photo; "touch" cases crop a 3x photo so the face touches (or leaves) an edge of the frame.
+PHOTO_CASES = {
+    "grace 0.5x": lambda g, a: _scaled(g, 0.5),
+    "grace 1x": lambda g, a: g,
+    "grace 3x": lambda g, a: _scaled(g, 3),
+    "grace 8x": lambda g, a: _scaled(g[60:420, 90:450], 8),  # the face's surroundings: 2880x2880
+    "astronaut 0.5x": lambda g, a: _scaled(a, 0.5),
+    "astronaut 3x": lambda g, a: _scaled(a, 3),
+    "grace 3x touching top-left": lambda g, a: np.ascontiguousarray(_scaled(g, 3)[470:, 580:]),
+    "astronaut 3x touching bottom-right": lambda g, a: np.ascontiguousarray(_scaled(a, 3)[:470, :770]),
+}
+
+
+@pytest.fixture(scope="module")
+def reference_faces(grace, astronaut):
+    """name -> (photo, [(box, score, landmarks)]): the plain FFHQ procedure, dlib's HOG detector with one
+    upsampling step on the whole full-resolution photo and the 68 landmarks from each box. Computed once per
+    photo (the 8x scan alone takes ~10 s)."""
+    import dlib
+
+    from facefix.align import landmarks_model_path
+
+    hog = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(landmarks_model_path()))
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            img = PHOTO_CASES[name](grace, astronaut)
+            rects, scores, _ = hog.run(img, 1, 0.0)
+            faces = [((r.left(), r.top(), r.right() + 1, r.bottom() + 1), s,
+                      np.array([[p.x, p.y] for p in predictor(img, r).parts()], np.float32))
+                     for r, s in zip(rects, scores, strict=True) if s >= 0.25]
+            cache[name] = img, faces
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(PHOTO_CASES))
+def test_detection_equals_full_resolution_reference(name, reference_faces, detector):
+    img, ref = reference_faces(name)
+    assert len(ref) == 1, "each test photo has one face the reference finds"
+    box, score, lm = ref[0]
+    faces = detect_faces(img, detector, "all")
+    assert len(faces) == 1
+    f = faces[0]
+    # Same dlib box (level and cell of the winning window) -> the same landmarks, bit for bit.
+    assert f.box == tuple(float(v) for v in box)
+    np.testing.assert_array_equal(f.landmarks, lm)
+    # Large photos are re-detected on rebuilt pyramid levels: the box is dlib's, the score within a few
+    # hundredths of it.
+    assert abs(f.score - score) < 0.15
+    ref_crop = align_face(img, lm, output_size=512).crop
+    assert psnr(align_face(img, f, output_size=512).crop, ref_crop) >= 40
+
+
+@pytest.mark.parametrize("name", ["grace 1x", "astronaut 0.5x", "grace 3x touching top-left",
+                                  "astronaut 3x touching bottom-right"])
+def test_window_redetection_equals_full_scan_on_small_photos(name, reference_faces):
+    # Force the shrunk-copy search + window re-detection on photos the default scans whole.
+    img, ref = reference_faces(name)
+    det = FaceDetector(max_detect_side_px=160)
+    found, weak = det.detect(img)
+    assert [b for b, _ in found] == [tuple(float(v) for v in b) for b, _, _ in ref]
+
+
+def test_weak_detection_kept_by_window_redetection(astronaut):
+    # The mission patch (score ~0.12) is a second, weaker box the window search must reproduce too.
+    import dlib
+
+    rects, _, _ = dlib.get_frontal_face_detector().run(astronaut, 1, 0.0)
+    found, _ = FaceDetector(max_detect_side_px=256, min_score=0.0).detect(astronaut)
+    ref = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in rects]
+    assert len(ref) == 2 and [tuple(int(v) for v in b) for b, _ in found] == ref
+
+
 # ---- made-up detection cases ----
 
 @pytest.mark.parametrize("deg", [20, -20])

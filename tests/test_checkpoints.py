@@ -57,6 +57,31 @@ def test_wrong_keys_and_shapes_are_one_line_errors(tmp_path):
         load_generator(tmp_path / "other.pt")
 
 
+def test_nan_or_inf_weights_are_refused_at_load(tmp_path):
+    """A corrupt or diverged checkpoint would render black or noise images that look like results."""
+    from facefix.checkpoints import save_encoder
+    from facefix.models.encoders import SmallEncoder
+
+    path = write_generator_checkpoint(tmp_path / "g.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["g_ema"]["convs.2.conv.weight"][0, 0, 0, 0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    with pytest.raises(WeightsError, match=r"nan\.pt: convs\.2\.conv\.weight contains NaN or inf values"):
+        load_generator(tmp_path / "nan.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["latent_avg"][3] = float("inf")
+    torch.save(ckpt, tmp_path / "inf_avg.pt")
+    with pytest.raises(WeightsError, match="latent_avg contains NaN or inf"):
+        load_generator(tmp_path / "inf_avg.pt")
+    g = load_generator(path).generator
+    enc = SmallEncoder(g.n_latent, width=8)
+    with torch.no_grad():
+        enc.stages[0][0].weight[0, 0, 0, 0] = float("-inf")
+    save_encoder(tmp_path / "enc.pt", enc, g, torch.zeros(g.n_latent, 512))
+    with pytest.raises(WeightsError, match=r"enc\.pt: stages\.0\.0\.weight contains NaN or inf"):
+        load_encoder(tmp_path / "enc.pt")
+
+
 def test_truncated_file(tmp_path):
     path = write_generator_checkpoint(tmp_path / "g.pt")
     data = path.read_bytes()
@@ -163,7 +188,7 @@ def test_safetensors_cache_is_made_once_and_then_used(tmp_path, monkeypatch):
 
 
 def test_small_encoder_file_with_its_small_generator_and_a_samm_sized_for_it(tmp_path, g64):
-    """The small configuration (issue 5/6): SmallEncoder + 32-channel generator in one e4e-layout file, and a SAMM
+    """The small configuration: SmallEncoder + 32-channel generator in one e4e-layout file, and a SAMM
     whose levels take the generator's channels and whose facefix file records them."""
     from facefix.checkpoints import load_samm, save_samm
     from facefix.models.samm import SAMM

@@ -104,7 +104,7 @@ def test_face_mask_keeps_the_photo_outside_the_face(tmp_path, e4e64_file):
     (["--age", "1:2:3", "--smile", "0:1:2"], "only one edit can be swept"),
     (["--ganspace", "no_such_edit"], "unknown edit"),
     (["--direction", "missing.pt"], "missing.pt"),
-    (["--text", "a face with black hair"], "clip"),
+    (["--alpha", "2"], "--alpha needs --text"),
     (["--age", "1", "--mask-from", "later"], "--mask-from"),
 ])
 def test_edit_usage_errors(tmp_path, crop, e4e64_file, args, msg):
@@ -118,7 +118,7 @@ def test_directions_list():
     r = run("directions", "list")
     assert r.exit_code == 0
     lines = r.output.strip().splitlines()
-    assert len(lines) == 3 + 42 + 14
+    assert len(lines) == 3 + 42 + 14 + 1
     assert any(ln.startswith("interfacegan") and " age " in ln for ln in lines)
     rows = json.loads(run("directions", "list", "--json").output)
-    assert {r["kind"] for r in rows} == {"interfacegan", "ganspace", "styleclip"}
+    assert {r["kind"] for r in rows} == {"interfacegan", "ganspace", "styleclip", "styleclip-text"}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import threading
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,6 +163,35 @@ def test_non_image_missing_and_folder(tmp_path):
         load_image(tmp_path)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_special_files_are_refused_without_blocking(tmp_path):
+    """A named pipe with no writer blocks a plain open() forever: the read runs in a thread, so a regression fails
+    the test instead of hanging it."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")
+    got: dict[str, str] = {}
+
+    def read_all() -> None:
+        for name in ("pipe.png", "link.png"):
+            with pytest.raises(InputError) as e:
+                image_io.read_regular_file(tmp_path / name)
+            got[name] = str(e.value)
+
+    worker = threading.Thread(target=read_all, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "reading a named pipe blocked"
+    assert got == {"pipe.png": f"{tmp_path / 'pipe.png'}: a named pipe (FIFO), not an image file",
+                   "link.png": f"{tmp_path / 'link.png'}: broken symbolic link (its target does not exist)"}
+    with pytest.raises(InputError, match="contains a NUL byte"):
+        load_image(tmp_path / "a\0b.png")
+    if Path("/dev/zero").exists():  # a device: would stream zeros without end
+        with pytest.raises(InputError, match="a character device"):
+            load_image("/dev/zero")
+    (tmp_path / "x.png").write_bytes(b"0123456789abcdef")
+    assert image_io.read_regular_file(tmp_path / "x.png", 4) == b"0123"
+
+
 def test_truncated_jpeg(tmp_path, grace):
     buf = io.BytesIO()
     Image.fromarray(grace).save(buf, "JPEG", quality=90)
@@ -226,6 +258,17 @@ def test_save_is_atomic_on_failure(tmp_path, grace, monkeypatch):
         save_image(target, grace)
     assert target.read_bytes() == before  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.png"]  # no temp file left
+
+
+def test_temp_files_of_killed_writers(tmp_path, grace):
+    dead = 99_999_999  # above any pid_max
+    stale, live = tmp_path / f".a.png.{dead}.tmp", tmp_path / f".b.png.{os.getppid()}.tmp"
+    own = tmp_path / f".c.png.{os.getpid()}.tmp"  # a killed run that had this PID (containers reuse PIDs)
+    for p in (stale, live, own, tmp_path / "d.png", tmp_path / ".e.tmp"):
+        p.write_bytes(b"partial")
+    assert sorted(image_io.stale_temp_files(tmp_path)) == [(stale, "a.png"), (own, "c.png")]
+    save_image(tmp_path / "c.png", grace)  # the leftover with this PID does not stop the write
+    assert load_image(tmp_path / "c.png").rgb.shape == grace.shape and not own.exists()
 
 
 def test_save_into_missing_folder(tmp_path, grace):

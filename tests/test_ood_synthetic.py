@@ -1,4 +1,4 @@
-"""The synthetic out-of-domain benchmark in its quick mode (benchmarks/ood_synthetic/run.py --quick, issue 6).
+"""The synthetic out-of-domain benchmark in its quick mode (benchmarks/ood_synthetic/run.py --quick).
 
 The whole path runs: a small generator, a SmallEncoder trained to invert it, occluded and misaligned test images
 with true masks, SAMM trained by the real ``facefix train samm`` command, and the evaluation. The bars are well

@@ -27,10 +27,10 @@ from facefix.train import (
     split_files,
     train_samm,
 )
-from tests.conftest import SHARED
+from tests.conftest import GOLDEN
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_samm.toml"
-GRACE = SHARED / "golden" / "align" / "grace_hopper_aligned1024.png"
+GRACE = GOLDEN / "align" / "grace_hopper_aligned1024.png"
 # A cheap configuration that still runs the whole recipe path (the lr is raised so a few dozen steps show a change);
 # the 64 px level joins after 10 steps, so the progressive schedule is exercised too.
 TINY = {"lr": 1e-3, "batch_size": 1, "hflip": False, "num_workers": 0, "cycle_align": 1, "log_every": 1,
@@ -226,7 +226,7 @@ def one_thread():
 
 def test_tiny_run_loss_falls_checkpoints_reload_and_resume_is_exact(tmp_path, small64_file, one_thread):
     """30 steps on one image (plus one held out) with the small configuration: the loss falls, the EMA file
-    reloads bit-exactly, and resuming the step-15 state gives exactly the 30-step run's final state (issue 5)."""
+    reloads bit-exactly, and resuming the step-15 state gives exactly the 30-step run's final state."""
     import json
 
     from facefix.checkpoints import load_encoder, load_samm
@@ -321,7 +321,7 @@ def test_two_gloo_processes_keep_identical_weights(tmp_path, small64_file):
 
 
 def test_cli_train_then_edit_with_the_trained_samm(tmp_path, e4e64_file):
-    """`facefix train samm` writes weights that `facefix edit --samm` loads directly (issue 5)."""
+    """`facefix train samm` writes weights that `facefix edit --samm` loads directly."""
     from tests.test_cli import run
 
     data = write_faces(tmp_path / "faces", 2)

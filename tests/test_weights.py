@@ -5,18 +5,26 @@ on ``/{repo_id}/resolve/{revision}/{filename}`` with ``X-Repo-Commit``, ``ETag``
 ``X-Linked-Size``, ``Content-Length`` and ``Range`` (206) support. It records every request, can serve wrong
 bytes, and can drop the connection half-way through a body. ``HF_ENDPOINT``, ``HF_HOME`` and ``HF_HUB_CACHE``
 point at it and at a tmp dir.
+
+It also answers ``HfApi.get_paths_info``: ``POST /api/{repo_type}s/{repo_id}/paths-info/{revision}`` with a
+form body ``paths=...&expand=...``, replying as the Hub does with a JSON list of
+``{"type": "file", "path", "size", "oid" (git blob id), "lfs": {"oid" (sha256), "size", "pointerSize"}}``
+for the paths it knows (unknown paths are left out, as on the Hub).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import pytest
 import torch
@@ -35,6 +43,7 @@ class FakeHub:
 
     files: dict[str, bytes] = field(default_factory=dict)  # "repo/rev/filename" -> bytes served
     etags: dict[str, str] = field(default_factory=dict)  # same key -> sha256 used as the LFS etag
+    lfs: dict[str, tuple[str, int]] = field(default_factory=dict)  # same key -> (sha256, size) in paths-info
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     drop_next_get_after: int | None = None  # bytes to send before closing the socket, once
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,6 +55,7 @@ class FakeHub:
         key = f"{repo}/{rev}/{filename}"
         self.files[key] = data
         self.etags[key] = etag or hashlib.sha256(data).hexdigest()
+        self.lfs[key] = (hashlib.sha256(data).hexdigest(), len(data))
 
     def count(self, method: str) -> int:
         with self.lock:
@@ -111,6 +121,31 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             self._serve(head=False)
+
+        def do_POST(self) -> None:  # noqa: N802 - the paths-info API
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+            with hub.lock:
+                hub.requests.append((self.command, self.path, None))
+            path = unquote(self.path.split("?", 1)[0]).lstrip("/")
+            if not path.startswith("api/") or "/paths-info/" not in path:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            repo, rev = path.split("/", 2)[2].split("/paths-info/", 1)
+            infos = []
+            for name in parse_qs(body).get("paths", []):
+                key = f"{repo}/{rev}/{name}"
+                if key in hub.lfs:
+                    sha, size = hub.lfs[key]
+                    infos.append({"type": "file", "path": name, "size": size, "oid": hashlib.sha1(name.encode())
+                                  .hexdigest(), "lfs": {"oid": sha, "size": size, "pointerSize": 134}})
+            out = json.dumps(infos).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
 
     return Handler
 
@@ -270,6 +305,62 @@ def test_url_entry_download_and_mismatch(env: Path, hub: FakeHub) -> None:
     assert not (got.parent / "age2.pt").exists()
 
 
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A loopback port that accepts connections (the kernel completes them) and never answers: a captive portal
+    or a firewall that swallows traffic, the case where a download would otherwise wait for minutes."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+def _within(seconds: float, call) -> object:
+    """``call()``'s result or exception, run in a thread; fails the test if it has not returned after ``seconds``
+    (a hang, not a timing)."""
+    box: list[object] = [None]
+
+    def target() -> None:
+        try:
+            box[0] = call()
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box[0] = err
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still waiting after {seconds} s"
+    return box[0]
+
+
+def test_a_server_that_never_answers_fails_in_one_line_with_no_partial_file(
+        env: Path, silent_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from facefix.cli import app
+
+    monkeypatch.setenv("HF_ENDPOINT", silent_server)
+    monkeypatch.setenv(weights.ENV_DOWNLOAD_TIMEOUT, "1")
+    hub_entry = _entry(b"x")
+    url_entry = replace(hub_entry, name="urlgen", repo_id=None, url=f"{silent_server}/gen.pt")
+    for entry in (hub_entry, url_entry):
+        err = _within(60, lambda e=entry: weights.resolve(e, manifest=_manifest(e)))
+        assert isinstance(err, WeightsError) and "\n" not in str(err) and entry.name in str(err), err
+        assert "timed out" in str(err)
+    assert [p for p in env.rglob("*") if p.is_file()] == []
+    # the command: one line, exit 1
+    monkeypatch.setattr(weights, "load_manifest", lambda *a: _manifest(hub_entry))
+    result = _within(60, lambda: CliRunner().invoke(app, ["weights", "download", "fakegen"]))
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and "facefix: fakegen: cannot download" in \
+        result.stderr, result.output
+    monkeypatch.setenv(weights.ENV_DOWNLOAD_TIMEOUT, "soon")
+    with pytest.raises(WeightsError, match="FACEFIX_DOWNLOAD_TIMEOUT"):
+        weights.download_timeout()
+
+
 # -------------------------------------------------------------------------------- overrides
 
 
@@ -375,6 +466,13 @@ def test_safe_torch_load_ok_code_truncated_missing(tmp_path: Path) -> None:
         weights.safe_torch_load(junk)
     with pytest.raises(WeightsError, match="not found"):
         weights.safe_torch_load(tmp_path / "absent.pt")
+    # torch.load reads *.safetensors through safetensors, whose header errors are their own exception type
+    for content in (struct.pack("<Q", 10**12) + b"{}", struct.pack("<Q", 8) + b"{not js}", b"\x01"):
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(WeightsError, match="bad.safetensors: corrupt safetensors file") as info:
+            weights.safe_torch_load(bad)
+        assert "\n" not in str(info.value)
 
 
 def test_safetensors_cache_roundtrip(env: Path, tmp_path: Path) -> None:
@@ -394,6 +492,8 @@ def test_safetensors_cache_roundtrip(env: Path, tmp_path: Path) -> None:
     assert torch.equal(back["g_ema"]["b"], sd["g_ema"]["b"])
     assert torch.allclose(back["latent_avg"].float(), sd["latent_avg"], atol=1e-2)
     torch.save({"other": torch.zeros(1)}, src)  # source changed: stale copy is ignored
+    assert weights.load_safetensors_cache(src) is None
+    out.write_bytes(struct.pack("<Q", 8) + b"{not js}")  # a damaged copy is ignored too (and rebuilt by the caller)
     assert weights.load_safetensors_cache(src) is None
 
 
@@ -424,7 +524,11 @@ def test_manifest_entries_well_formed() -> None:
         "dlib_shape_predictor",
     ):
         assert must in names
-    assert sum(n.startswith("styleclip_") for n in names) == 14
+    from facefix.edits import STYLECLIP_MAPPERS
+
+    assert {n for n in names if n.startswith("styleclip_")} == {f"styleclip_{m}" for m in STYLECLIP_MAPPERS} | {
+        "styleclip_fs3"}
+    assert {"clip_vit_b32", "clip_vit_b32_config", "clip_vit_b32_vocab", "clip_vit_b32_merges"} <= set(names)
     for e in man:
         assert e.status in weights.STATUSES and e.licence and e.purpose
         if e.status in ("full", "bundled"):
@@ -433,6 +537,9 @@ def test_manifest_entries_well_formed() -> None:
             assert e.is_hub or (e.url or "").startswith("https://")
             if e.is_hub:
                 assert e.revision and len(e.revision) == 40
+        elif e.status == "commit":  # pinned by the source's commit: downloadable, checked against its metadata
+            assert e.downloadable and e.sha256 is None and e.revision and len(e.revision) == 40
+            assert e.is_hub or (e.git_blob and (e.url or "").startswith("https://"))
         else:
             assert not e.downloadable and (e.status != "unavailable" or e.note)
     assert man.get("stylegan2").env == "FACEFIX_GENERATOR"
@@ -456,6 +563,149 @@ def test_partial_blob_from_a_killed_run_is_not_used(env: Path, hub: FakeHub) -> 
     assert got.read_bytes() == data
     assert len([m for m, _, _ in hub.requests if m == "GET"]) == 1
     assert weights.verify(manifest=_manifest(entry))[0].status == "ok"
+
+
+# -------------------------------------------------------------------------------- commit-pinned entries
+
+
+def _commit_entry(**kw: object) -> weights.WeightEntry:
+    base = weights.WeightEntry(name="mapper", filename="maps/m.pt", status="commit", licence="test",
+                               purpose="test", repo_id=REPO, revision=REV)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_commit_pinned_hub_file_is_checked_against_the_hubs_metadata_and_recorded(env: Path, hub: FakeHub) -> None:
+    data = _payload(200_000, seed=5)
+    hub.add("maps/m.pt", data)
+    entry = _commit_entry()
+    man = _manifest(entry)
+    assert entry.downloadable and [r.downloadable for r in weights.list_entries(manifest=man)] == [True]
+    got = weights.resolve(entry)
+    assert got.read_bytes() == data
+    assert hub.requests[0][0] == "HEAD"  # the network probe (no body), then the metadata, then one download
+    fetches = [(m, p) for m, p, _ in hub.requests if m != "HEAD"]
+    assert fetches[0][0] == "POST" and "/api/models/fake-org/fake-weights/paths-info/" + REV in fetches[0][1]
+    assert [m for m, _ in fetches].count("GET") == 1
+    records = list((env / "facefix" / "pins").glob("*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert (rec["sha256"], rec["size"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    n = len(hub.requests)
+    assert weights.resolve(entry) == got and len(hub.requests) == n  # checked against the record: no network
+    assert weights.verify(manifest=man)[0].status == "ok"
+    assert weights.list_entries(manifest=man)[0].size == len(data)
+
+
+def test_commit_pinned_tampered_download_is_refused_and_removed(env: Path, hub: FakeHub) -> None:
+    good, bad = _payload(150_000, seed=1), _payload(150_000, seed=2)
+    hub.add("maps/m.pt", good)
+    key = f"{REPO}/{REV}/maps/m.pt"
+    hub.files[key], hub.etags[key] = bad, hashlib.sha256(bad).hexdigest()  # served bytes differ from the commit's
+    entry = _commit_entry()
+    with pytest.raises(WeightsError) as info:
+        weights.resolve(entry)
+    msg = _one_line(info)
+    assert "mapper" in msg and "does not match the Hub's LFS metadata" in msg and hashlib.sha256(good).hexdigest() \
+        in msg and "deleted it from the cache" in msg
+    assert not [b for b in (env / "hub").rglob("*") if b.is_file() and b.read_bytes() == bad]
+    assert not (env / "facefix" / "pins").exists() or not list((env / "facefix" / "pins").glob("*.json"))
+
+
+def test_commit_pinned_path_missing_from_metadata_is_refused_without_download(env: Path, hub: FakeHub) -> None:
+    data = _payload(1000)
+    hub.add("maps/m.pt", data)
+    hub.lfs.clear()  # the file is served but the commit's metadata does not list it
+    with pytest.raises(WeightsError) as info:
+        weights.resolve(_commit_entry())
+    msg = _one_line(info)
+    assert "maps/m.pt is not in the Hub's metadata" in msg and "refusing" in msg
+    assert hub.count("GET") == 0 and hub.count("HEAD") == 1  # only the bodyless network probe
+
+
+def test_commit_pinned_file_changed_after_download_never_loads(env: Path, hub: FakeHub, monkeypatch) -> None:
+    data = _payload(120_000, seed=3)
+    hub.add("maps/m.pt", data)
+    entry = _commit_entry()
+    got = weights.resolve(entry)
+    blob = got.resolve()
+    changed = bytearray(data)
+    changed[1000] ^= 0xFF  # same size, one byte flipped, new mtime
+    blob.write_bytes(bytes(changed))
+    os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 10**9))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the record alone decides: no metadata call needed
+    n = len(hub.requests)
+    with pytest.raises(WeightsError) as info:
+        weights.resolve(entry)
+    msg = _one_line(info)
+    assert "sha256 mismatch: recorded at download " + hashlib.sha256(data).hexdigest() in msg
+    assert not blob.exists() and len(hub.requests) == n
+
+
+def test_commit_pinned_offline_without_record_is_refused(env: Path, hub: FakeHub, tmp_path: Path, monkeypatch) -> None:
+    data = _payload(5000)
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    (wdir / "m.pt").write_bytes(data)
+    monkeypatch.setenv("FACEFIX_WEIGHTS_DIR", str(wdir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError) as info:
+        weights.resolve(_commit_entry())
+    msg = _one_line(info)
+    assert "offline" in msg and "facefix weights download mapper" in msg and "FACEFIX_MAPPER" in msg
+    assert (wdir / "m.pt").exists() and hub.requests == []
+    # online, the user's own copy is checked against the commit's metadata (and kept when it is wrong)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.add("maps/m.pt", _payload(5000, seed=9))
+    with pytest.raises(WeightsError, match="does not match the Hub's LFS metadata.*not using it"):
+        weights.resolve(_commit_entry())
+    assert (wdir / "m.pt").exists()
+
+
+def test_commit_pinned_url_file_is_checked_by_git_blob_id(env: Path, hub: FakeHub) -> None:
+    data = _payload(70_000, seed=4)
+    hub.add("fs3.npy", data, repo="gh", rev="c")
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    entry = weights.WeightEntry(name="fs3", filename="npy/fs3.npy", status="commit", revision=REV, git_blob=blob,
+                                url=f"{hub.url}/gh/resolve/c/fs3.npy", licence="t", purpose="t")
+    assert entry.downloadable
+    got = weights.resolve(entry)
+    assert got.read_bytes() == data and weights.git_blob_id(got) == blob
+    assert weights.verify(manifest=_manifest(entry))[0].status == "ok"
+    wrong = replace(entry, name="fs3b", local_name="fs3b.npy", git_blob="0" * 40)
+    with pytest.raises(WeightsError) as info:
+        weights.resolve(wrong)
+    assert "git blob id mismatch" in _one_line(info) and "not saved" in str(info.value)
+    assert not (got.parent / "fs3b.npy").exists()
+
+
+def test_commit_status_rules_in_the_manifest() -> None:
+    def parse(**kw: object) -> None:
+        row = {"name": "x", "filename": "x.pt", "status": "commit", "licence": "l", "purpose": "p", **kw}
+        weights._parse_manifest({"weights": [row]}, "m.toml")
+
+    parse(repo_id="a/b", revision=REV)
+    for kw, match in [({"repo_id": "a/b", "revision": "main"}, "40-hex revision"),
+                      ({"repo_id": "a/b", "revision": REV, "sha256": "0" * 64}, "no sha256"),
+                      ({"url": "https://x/y.npy", "revision": REV}, "git_blob"),
+                      ({"url": "https://x/y.npy", "revision": REV, "git_blob": "XYZ"}, "git_blob must be")]:
+        with pytest.raises(WeightsError, match=match):
+            parse(**kw)
+
+
+def test_weights_list_marks_commit_pinned_mappers_downloadable(env: Path) -> None:
+    from tests.test_cli import run
+
+    r = run("weights", "list")
+    assert r.exit_code == 0, r.output
+    lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.strip()}
+    assert " download " in lines["styleclip_afro"] and " commit " in lines["styleclip_afro"]
+    assert " download " in lines["e4e"] and lines["samm"].split()[1] == "-"
 
 
 def test_download_without_names_skips_training_only_files(env: Path, hub: FakeHub) -> None:

@@ -68,7 +68,6 @@ from facefix.image_io import save_image, to_tensor, to_uint8
 from facefix.losses import psnr, ssim, ssim_map, to_unit_u8
 from facefix.masks import error_mask
 from facefix.models.encoders import SmallEncoder
-from facefix.models.recipe import fill_module
 from facefix.models.samm import SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
 from facefix.pipeline import encoder_input
@@ -132,6 +131,10 @@ def _torch_gen(cfg: BenchConfig, stream: int) -> torch.Generator:
 def build_generator(cfg: BenchConfig) -> tuple[Generator, Tensor]:
     """The domain: a recipe-weight ``Generator(size, channel_max)`` with zero noise strengths, and its W mean
     [512] (mean of 4096 mapped z)."""
+    if str(REPO) not in sys.path:  # run as a script: the recipe weights are a test helper (tests/recipe.py)
+        sys.path.insert(0, str(REPO))
+    from tests.recipe import fill_module
+
     g = Generator(cfg.size, channel_multiplier=1, channel_max=cfg.channel_max)
     g = fill_module(g, "generator", GENERATOR_SEED_BASE + 1000 * cfg.seed).eval().requires_grad_(False)
     with torch.no_grad():

@@ -26,7 +26,8 @@ from facefix.models.stylegan2 import EqualLinear
 # IR-SE-50: (in_channel, depth, units) per stage; the first unit of each stage has stride 2.
 IR_SE_50_STAGES = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
 FEATURE_TAPS = ("input_layer", "body2", "body6", "body20", "body23")
-"""SAMM taps (samm_spec §2.3): [N,64,256,256], [N,64,128,128], [N,128,64,64], [N,256,32,32], [N,512,16,16]."""
+"""SAMM taps (the e4e layers the official SAMM code reads):
+[N,64,256,256], [N,64,128,128], [N,128,64,64], [N,256,32,32], [N,512,16,16]."""
 
 
 class EncoderOutput(NamedTuple):

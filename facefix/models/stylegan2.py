@@ -3,7 +3,7 @@
 ``Generator(1024, 512, 8, channel_multiplier=2).load_state_dict(ckpt["g_ema"])`` loads the official
 ``stylegan2-ffhq-config-f.pt`` strictly, with no renaming table: every attribute name below is a checkpoint key
 (``style.1.weight``, ``convs.3.conv.modulation.bias``, ``noises.noise_7``, ...). Numerics follow the reference
-exactly (see ``shared/golden``); only the API differs:
+exactly (``tests/golden``); only the API differs:
 
 - ``mapping`` (z -> w), ``truncate`` and ``mix`` are separate methods, and ``synthesis`` takes a W+ code
   [N, n_latent, 512] directly, so no flag changes what a call returns.
@@ -12,7 +12,10 @@ exactly (see ``shared/golden``); only the API differs:
   buffers refuses to synthesise with fixed noise instead of silently using its random initial buffers.
 - ``out_res`` stops early: the skip architecture has a valid RGB image at every level.
 - ``feature_hook(res, y)`` sees (and may replace) the output of each up-sampling conv before noise and bias, which
-  is where SAMM aligns generated features to the encoder's (``shared/research/samm_spec.md`` §2.5).
+  is where SAMM aligns generated features to the encoder's.
+- ``style_offsets`` edits StyleSpace (S): the per-layer style vectors, i.e. the outputs of every ModulatedConv2d's
+  ``modulation`` affine (26 at 1024, toRGB included; :meth:`Generator.style_layers`), get an additive offset, as
+  StyleCLIP's global directions do. ``s + ds`` is what the convolution is modulated with; nothing else changes.
 - A batch in CPU inference runs its small levels once with shared weights and the large ones per sample
   (:data:`CPU_BATCH_SHARED_RES`): the same images as batch 1 within float rounding, cheaper per image.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,10 @@ from facefix.models.ops import fused_leaky_relu, make_kernel, upfirdn2d
 FeatureHook = Callable[[int, Tensor], Tensor]
 """``hook(res, y) -> y'``: y [N,C,res,res] is an up-sampling conv's output before noise and bias."""
 
+StyleOffsets = Sequence["Tensor | None"]
+"""One entry per StyleSpace layer (:meth:`Generator.style_layers` order): None, or [N or 1, C] added to that layer's
+style (the ``modulation`` output) before it modulates the convolution."""
+
 BLUR_KERNEL = (1.0, 3.0, 3.0, 1.0)
 
 CPU_BATCH_SHARED_RES = 64
@@ -40,12 +48,9 @@ CPU_BATCH_SHARED_RES = 64
 shared-weight form over the whole batch, and the rest one sample at a time.
 
 Why: below 128 px the maps are small and each sample's modulated filters large (512x512x3x3), so N small GEMMs
-that each build and read their own filters lose to one batched GEMM over the shared weight: on 2 cores the 4-64 px
-levels (``out_res=64``, medians of 15 rounds) took 235-266 ms at batch 1 and 185-208 ms per image at batch 4, and
-the shared form alone is no faster at batch 1 (248 vs 253 ms), so the saving is the batch's. Above, the
-maps are large (a 1024 px map is 134 MB) and there is nothing left to share: one sample at a time keeps a map in
-cache and needs no copies into a batch tensor, while sharing every level made batch 4 1.29-1.38x slower per
-image. Cut-offs at 32, 128 and 256 px saved 33, 46 and 23 ms per image against 58 ms at 64.
+that each build and read their own filters lose to one batched GEMM over the shared weight. Above, the maps are
+large (a 1024 px map is 134 MB) and there is nothing left to share: one sample at a time keeps a map in cache and
+needs no copies into a batch tensor. 64 px was the best cut-off measured (``benchmarks/README.md``).
 """
 
 
@@ -86,6 +91,10 @@ class EqualLinear(nn.Module):
         if self.activation:
             return fused_leaky_relu(F.linear(x, self.weight * self.scale), self.bias * self.lr_mul)
         return F.linear(x, self.weight * self.scale, bias=self.bias * self.lr_mul)
+
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """The layer without activation as ``x @ A.T + b``: A [out,in] (= weight * scale), b [out] (= bias * lr_mul)."""
+        return self.weight * self.scale, self.bias * self.lr_mul
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]} -> {self.weight.shape[0]}, lr_mul={self.lr_mul}, act={self.activation}"
@@ -143,17 +152,23 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channel, bias_init=1)
 
-    def modulated_weight(self, w: Tensor) -> Tensor:
-        """w: [N,D] -> per-sample weights [N, out, in, k, k] (modulated, demodulated if enabled)."""
+    def style(self, w: Tensor, offset: Tensor | None = None) -> Tensor:
+        """This layer's StyleSpace vector: ``modulation(w)`` [N,I], plus ``offset`` ([N or 1, I]) when given."""
+        style = self.modulation(w)
+        return style if offset is None else style + offset
+
+    def modulated_weight(self, w: Tensor, style_offset: Tensor | None = None) -> Tensor:
+        """w: [N,D] -> per-sample weights [N, out, in, k, k] (modulated, demodulated if enabled).
+        ``style_offset``: [N or 1, in] added to the style (see :meth:`style`)."""
         n = w.shape[0]
-        style = self.modulation(w).view(n, 1, self.in_channel, 1, 1)          # [N,1,I,1,1]
+        style = self.style(w, style_offset).view(n, 1, self.in_channel, 1, 1)  # [N,1,I,1,1]
         weight = self.scale * self.weight * style                               # [N,O,I,k,k]
         if self.demodulate:
             demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)           # [N,O]
             weight = weight * demod.view(n, self.out_channel, 1, 1, 1)
         return weight
 
-    def forward_shared(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward_shared(self, x: Tensor, w: Tensor, style_offset: Tensor | None = None) -> Tensor:
         """The same layer as :meth:`forward` in its shared-weight form (the reference's ``fused=False``):
         x: [N,in,H,W], w: [N,D] -> [N,out,H',W'].
 
@@ -165,7 +180,7 @@ class ModulatedConv2d(nn.Module):
         (``Generator.synthesis``); at batch 1 the two forms take the same time.
         """
         n = x.shape[0]
-        style = self.modulation(w) * self.scale                                 # [N,I]
+        style = self.style(w, style_offset) * self.scale                        # [N,I]
         weight = self.weight[0]                                                 # [O,I,k,k]
         x = x * style.view(n, self.in_channel, 1, 1)
         if self.upsample:
@@ -177,20 +192,19 @@ class ModulatedConv2d(nn.Module):
             out = out.mul_(demod.view(n, self.out_channel, 1, 1))
         return out
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        """x: [N,in,H,W], w: [N,D] -> [N,out,H',W'] with H' = 2H if upsample else H.
+    def forward(self, x: Tensor, w: Tensor, style_offset: Tensor | None = None) -> Tensor:
+        """x: [N,in,H,W], w: [N,D] -> [N,out,H',W'] with H' = 2H if upsample else H. ``style_offset``: [N or 1, in]
+        added to the style (StyleSpace edit; see :meth:`style`).
 
         Each sample gets its own modulated filters, as in the reference's fused path, so the numerics equal the
         reference's. The batch runs as one grouped convolution (groups = N), as the reference does, except in CPU
         inference, where each sample runs its own convolution into a preallocated output: oneDNN's grouped
-        convolution needs ~1.4 GB more at batch 4 and 1024 px (peak RSS 3.35 GB instead of 1.97 GB in a process
-        running batch 1 and batch 4) and is not faster per image (paired rounds on 2 cores: the loop's per-image
-        time over the grouped one's 1.01-1.06, within the 1.02 that identical code measured). Without a feature
-        hook, ``Generator.synthesis`` splits a CPU batch itself (:data:`CPU_BATCH_SHARED_RES`); this loop serves a
-        hooked batch (SAMM with ``--batch-size`` > 1 on a CPU).
+        convolution needs much more memory there and is not faster per image (``benchmarks/README.md``). Without
+        a feature hook, ``Generator.synthesis`` splits a CPU batch itself (:data:`CPU_BATCH_SHARED_RES`); this loop
+        serves a hooked batch (SAMM with ``--batch-size`` > 1 on a CPU).
         """
         n = x.shape[0]
-        weight = self.modulated_weight(w)
+        weight = self.modulated_weight(w, style_offset)
         if n == 1 or not _cpu_inference(x):
             return self._conv(x, weight)
         first = self._conv(x[:1], weight[:1])
@@ -263,10 +277,11 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_channel)
 
     def forward(self, x: Tensor, w: Tensor, noise: Tensor, hook: Callable[[Tensor], Tensor] | None = None,
-                shared: bool = False) -> Tensor:
+                shared: bool = False, style_offset: Tensor | None = None) -> Tensor:
         """x: [N,in,H,W], w: [N,D], noise: [N or 1,1,H',W'] -> [N,out,H',W'].
-        ``shared``: use the conv's shared-weight form (:meth:`ModulatedConv2d.forward_shared`)."""
-        out = self.conv.forward_shared(x, w) if shared else self.conv(x, w)
+        ``shared``: use the conv's shared-weight form (:meth:`ModulatedConv2d.forward_shared`).
+        ``style_offset``: [N or 1, in] StyleSpace offset of the conv."""
+        out = self.conv.forward_shared(x, w, style_offset) if shared else self.conv(x, w, style_offset)
         if hook is not None:
             out = hook(out)
         # Without autograd, noise and activation overwrite tensors this call owns (the conv's output; a hook may
@@ -286,12 +301,28 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channel, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None, shared: bool = False) -> Tensor:
-        """x: [N,C,H,W], w: [N,D], skip: [N,3,H/2,W/2] or None -> [N,3,H,W]. ``shared`` as in StyledConv."""
-        out = (self.conv.forward_shared(x, w) if shared else self.conv(x, w)) + self.bias
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None, shared: bool = False,
+                style_offset: Tensor | None = None) -> Tensor:
+        """x: [N,C,H,W], w: [N,D], skip: [N,3,H/2,W/2] or None -> [N,3,H,W]. ``shared``, ``style_offset`` as in
+        StyledConv."""
+        out = (self.conv.forward_shared(x, w, style_offset) if shared else self.conv(x, w, style_offset)) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
         return out
+
+
+class StyleLayer(NamedTuple):
+    """One StyleSpace layer: its modulated conv, the W+ row that feeds it, and whether it is a ToRGB."""
+
+    name: str           # module path: conv1, to_rgb1, convs.K, to_rgbs.K
+    conv: ModulatedConv2d
+    row: int            # W+ row
+    torgb: bool
+
+    @property
+    def channels(self) -> int:
+        """Style size = the conv's input channels."""
+        return self.conv.in_channel
 
 
 def n_latent_for(size: int) -> int:
@@ -381,6 +412,22 @@ class Generator(nn.Module):
         return torch.cat([w1.unsqueeze(1).repeat(1, inject_index, 1),
                           w2.unsqueeze(1).repeat(1, self.n_latent - inject_index, 1)], dim=1)
 
+    # -- StyleSpace -----------------------------------------------------------------------------------------
+    def style_layers(self) -> list[StyleLayer]:
+        """The StyleSpace layers in synthesis order: conv1, to_rgb1, then per level its up-sampling conv, conv and
+        ToRGB (26 at 1024, 14 at 64). W+ rows: 0, 1, then 2k+1, 2k+2, 2k+3 for level k = 0, 1, ..."""
+        layers = [StyleLayer("conv1", self.conv1.conv, 0, False), StyleLayer("to_rgb1", self.to_rgb1.conv, 1, True)]
+        for k, to_rgb in enumerate(self.to_rgbs):
+            layers += [StyleLayer(f"convs.{2 * k}", self.convs[2 * k].conv, 2 * k + 1, False),
+                       StyleLayer(f"convs.{2 * k + 1}", self.convs[2 * k + 1].conv, 2 * k + 2, False),
+                       StyleLayer(f"to_rgbs.{k}", to_rgb.conv, 2 * k + 3, True)]
+        return layers
+
+    def styles(self, w_plus: Tensor) -> list[Tensor]:
+        """W+ [N,L,D] (or w [N,D]) -> the StyleSpace vectors, one [N,C] per :meth:`style_layers` entry."""
+        w_plus = self.broadcast(w_plus)
+        return [layer.conv.style(w_plus[:, layer.row]) for layer in self.style_layers()]
+
     # -- synthesis ------------------------------------------------------------------------------------------
     def fixed_noise(self) -> list[Tensor]:
         """The checkpoint's noise buffers, [1,1,r,r] for r = 4, 8, 8, 16, 16, ..., size, size."""
@@ -398,8 +445,8 @@ class Generator(nn.Module):
 
     def synthesis(self, w_plus: Tensor, noise: Sequence[Tensor] | None = None,
                   generator: torch.Generator | None = None, out_res: int | None = None,
-                  feature_hook: FeatureHook | None = None) -> Tensor:
-        """W+ -> image.
+                  feature_hook: FeatureHook | None = None, style_offsets: StyleOffsets | None = None) -> Tensor:
+        """W+ (and optional StyleSpace offsets) -> image.
 
         Args:
             w_plus: [N,L,D] (a [N,D] w is broadcast to all rows).
@@ -409,6 +456,8 @@ class Generator(nn.Module):
             out_res: stop at this resolution (power of two, 4..size); the RGB skip image of that level is returned.
             feature_hook: ``hook(res, y) -> y'`` applied to each up-sampling conv output [N,C,res,res] before noise
                 and bias (res = 8..size). Return ``y`` unchanged to only read it.
+            style_offsets: one entry per :meth:`style_layers` layer, None or [N or 1, C] added to that layer's
+                style (StyleSpace edit). Default: no offsets (the W+ code alone).
         Returns:
             image [N,3,out_res,out_res], float, roughly in [-1,1] (not clamped).
         """
@@ -423,34 +472,57 @@ class Generator(nn.Module):
             noise = self.random_noise(n, generator) if generator is not None else self.fixed_noise()
         if len(noise) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} noise tensors, got {len(noise)}")
+        ds = self._check_offsets(style_offsets, n)
 
         # A CPU inference batch shares the small levels' weights, then goes on one sample at a time (see
         # CPU_BATCH_SHARED_RES); anything else (batch 1, autograd, GPUs, a feature hook) runs as the reference.
         split = n > 1 and feature_hook is None and _cpu_inference(w_plus)
         shared_res = min(out_res, CPU_BATCH_SHARED_RES) if split else out_res
-        out = self.conv1(self.input(n), w_plus[:, 0], noise[0], shared=split)
-        skip = self.to_rgb1(out, w_plus[:, 1], shared=split)
-        out, skip = self._levels(out, skip, w_plus, noise, shared_res, feature_hook, shared=split)
+        out = self.conv1(self.input(n), w_plus[:, 0], noise[0], shared=split, style_offset=ds[0])
+        skip = self.to_rgb1(out, w_plus[:, 1], shared=split, style_offset=ds[1])
+        out, skip = self._levels(out, skip, w_plus, noise, shared_res, feature_hook, shared=split, ds=ds)
         if shared_res == out_res:
             return skip
-        return torch.cat([self._levels(out[k:k + 1], skip[k:k + 1], w_plus[k:k + 1],
-                                       [nz[k:k + 1] if nz.shape[0] > 1 else nz for nz in noise], out_res)[1]
+
+        def one(t: Tensor | None, k: int) -> Tensor | None:  # sample k of a per-sample tensor; shared ones as is
+            return t[k:k + 1] if t is not None and t.shape[0] > 1 else t
+
+        return torch.cat([self._levels(out[k:k + 1], skip[k:k + 1], w_plus[k:k + 1], [one(nz, k) for nz in noise],
+                                       out_res, ds=[one(d, k) for d in ds])[1]
                           for k in range(n)])
 
+    def _check_offsets(self, style_offsets: StyleOffsets | None, n: int) -> list[Tensor | None]:
+        """Validate StyleSpace offsets for a batch of n -> one entry (None or [N or 1, C]) per style layer."""
+        layers = self.style_layers()
+        if style_offsets is None:
+            return [None] * len(layers)
+        if len(style_offsets) != len(layers):
+            raise ValueError(f"expected {len(layers)} style offsets (one per StyleSpace layer), "
+                             f"got {len(style_offsets)}")
+        for layer, d in zip(layers, style_offsets, strict=True):
+            if d is not None and (d.ndim != 2 or d.shape[0] not in (1, n) or d.shape[1] != layer.channels):
+                raise ValueError(f"style offset for {layer.name} has shape {list(d.shape)}, expected "
+                                 f"[1 or {n}, {layer.channels}]")
+        return list(style_offsets)
+
     def _levels(self, out: Tensor, skip: Tensor, w_plus: Tensor, noise: Sequence[Tensor], out_res: int,
-                feature_hook: FeatureHook | None = None, shared: bool = False) -> tuple[Tensor, Tensor]:
+                feature_hook: FeatureHook | None = None, shared: bool = False,
+                ds: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
         """Run the levels from the input's resolution r up to ``out_res``: features out [N,C,r,r] and RGB skip
-        [N,3,r,r] in, the same two at ``out_res`` out. ``shared``: the convs' shared-weight form."""
+        [N,3,r,r] in, the same two at ``out_res`` out. ``shared``: the convs' shared-weight form. ``ds``: the
+        StyleSpace offsets of every style layer (None entries: no offset)."""
         res = out.shape[-1]
         while res < out_res:
             level = int(math.log2(res)) - 2  # 4 px -> the first up-sampling level (8 px)
             res *= 2
             i = 1 + 2 * level  # W+ row of this level's up-sampling conv
+            j = 2 + 3 * level  # its StyleSpace layer (conv1 and to_rgb1 come first)
             up, conv = self.convs[2 * level], self.convs[2 * level + 1]
+            d_up, d_conv, d_rgb = (None, None, None) if ds is None else ds[j:j + 3]
             hook = None if feature_hook is None else (lambda y, r=res: feature_hook(r, y))
-            out = up(out, w_plus[:, i], noise[i], hook, shared=shared)
-            out = conv(out, w_plus[:, i + 1], noise[i + 1], shared=shared)
-            skip = self.to_rgbs[level](out, w_plus[:, i + 2], skip, shared=shared)
+            out = up(out, w_plus[:, i], noise[i], hook, shared=shared, style_offset=d_up)
+            out = conv(out, w_plus[:, i + 1], noise[i + 1], shared=shared, style_offset=d_conv)
+            skip = self.to_rgbs[level](out, w_plus[:, i + 2], skip, shared=shared, style_offset=d_rgb)
         return out, skip
 
     def forward(self, w_plus: Tensor, noise: Sequence[Tensor] | None = None,

@@ -1,16 +1,17 @@
-"""e4e and ReStyle-e4e encoders: official layouts and the reference code's numbers (shared/golden)."""
+"""e4e and ReStyle-e4e encoders: official layouts and the reference code's numbers (tests/golden)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
-from facefix.models.recipe import fill_module
-from tests.conftest import GOLDEN, golden
+from tests.conftest import GOLDEN, assert_channel_views, assert_stats_close, chstats, golden, stats
 from tests.models.test_stylegan2 import close
+from tests.recipe import fill_module
 
 
 def _encoder_entries(layout_path):
@@ -43,12 +44,13 @@ def test_e4e_codes_features_and_inversion(e4e, g1024):
     close(out.codes, d["codes"])
     feats = golden("e4e_features.npz")
     for key, tap in (("c1_body6", "body6"), ("c2_body20", "body20"), ("c3_body23", "body23")):
-        close(out.features[tap], feats[key], 3e-4)
+        assert_channel_views(out.features[tap], feats, key, 3e-4)
     wplus = out.codes + torch.from_numpy(d["latent_avg"])[None]
     close(wplus, d["wplus"])
     img = g1024.synthesis(wplus)
     close(face_pool(img), d["recon256"])
-    close(img[:, :, ::4, ::4], d["img1024_sub4"])
+    close(img[:, :, ::16, ::16], d["img1024_sub16"])
+    np.testing.assert_allclose(stats(img), d["img1024_stats"], rtol=1e-4)
 
 
 @torch.no_grad()
@@ -61,7 +63,8 @@ def test_e4e_edit_golden_end_to_end(g1024):
         close(w, d["wplus_edit"][j:j + 1])
         img = g1024.synthesis(w)
         close(face_pool(img), d["edit256"][j:j + 1])
-        close(img[:, :, ::4, ::4], d["edit1024_sub4"][j:j + 1])
+        close(img[:, :, ::16, ::16], d["edit1024_sub16"][j:j + 1])
+        np.testing.assert_allclose(stats(img), d["edit1024_stats"][j], rtol=1e-4)
 
 
 @torch.no_grad()
@@ -71,21 +74,26 @@ def test_fpn_upsample_mode_matters(e4e):
     bicubic.load_state_dict(e4e.state_dict())
     a, b = e4e(x), bicubic.eval()(x)
     assert torch.equal(a[:, :3], b[:, :3])          # coarse rows read c3 only
-    assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3  # FPN rows differ (samm_spec §2.3)
+    assert (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3  # FPN rows differ (bicubic vs bilinear upsampling)
 
 
 @torch.no_grad()
 def test_restyle_codes_per_iteration_and_taps(restyle):
-    enc_in = golden("restyle/restyle_enc_inputs.npz")["enc_input"]
     inv = golden("restyle/restyle_inversion.npz")
-    for i in range(5):
-        close(restyle(torch.from_numpy(enc_in[i])), inv["codes"][i])
-    out = restyle.encode(torch.from_numpy(enc_in[4]), return_features=True)
+    x = torch.from_numpy(inv["x"])
+    # the first input (x, average image) and the last (x, the image fed back from iteration 4)
+    enc_in = {0: torch.cat([x, torch.from_numpy(inv["avg_image"])[None]], 1),
+              4: torch.cat([x, torch.from_numpy(golden("restyle/restyle_enc_inputs.npz")["enc_input4_prev"])], 1)}
+    for i, inp in enc_in.items():
+        close(restyle(inp), inv["codes"][i])
+    out = restyle.encode(enc_in[4], return_features=True)
     feats = golden("restyle/restyle_features.npz")
     for tap in ("body2", "body6", "body20", "body23"):
-        close(out.features[tap], feats[tap], 3e-4)
-    l0 = golden("restyle/restyle_features_l0.npz")
-    close(out.features["input_layer"][:, :, ::2, ::2], l0["input_layer_sub2"], 3e-4)
+        assert_channel_views(out.features[tap], feats, tap, 3e-4)
+    l0, tap = golden("restyle/restyle_features_l0.npz"), out.features["input_layer"]
+    sub2 = l0["input_layer_sub2_ch"]
+    close(tap[:, :sub2.shape[1], ::2, ::2], sub2, 3e-4)
+    assert_stats_close(chstats(tap), l0["input_layer_chstats"], 3e-4, tap[0, 0].numel(), "input_layer")
 
 
 @torch.no_grad()
@@ -97,8 +105,9 @@ def test_restyle_full_loop_golden(restyle, g1024):
     out = restyle_invert(restyle, g1024.synthesis, torch.from_numpy(inv["x"]), latent_avg, avg_image, n_iters=5)
     close(out.codes, inv["latents"][4])
     img = g1024.synthesis(out.codes)
-    close(img[:, :, ::4, ::4], inv["final_img1024_sub4"])
+    close(img[:, :, ::16, ::16], inv["final_img1024_sub16"])
     close(img[:, :, 480:544, 480:544], inv["final_img1024_center64"])
+    np.testing.assert_allclose(stats(img), inv["img1024_stats"][4], rtol=1e-4)
 
 
 def test_restyle_loop_logic_with_a_stub():

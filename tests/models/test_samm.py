@@ -1,4 +1,4 @@
-"""SAMM: the official checkpoint layout, and the official forward pass's numbers (shared/golden/samm)."""
+"""SAMM: the official checkpoint layout, and the official forward pass's numbers (tests/golden/samm)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from facefix.models.encoders import Encoder4Editing
-from facefix.models.recipe import fill_module, latent_avg
 from facefix.models.samm import RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
 from facefix.pipeline import FacefixPipeline
-from tests.conftest import GOLDEN, golden
+from tests.conftest import GOLDEN, assert_channel_views, chstats, crops, golden
+from tests.recipe import fill_module, latent_avg
 
 SAMM_DIR = GOLDEN / "samm"
-# golden/samm README (h), suggested tolerances
+# the two 1024 input photos (RGB uint8): the aligned grace_hopper and a seeded smooth random image
+INPUTS = {"grace": GOLDEN / "align" / "grace_hopper_aligned1024.png", "smooth": SAMM_DIR / "samm_smooth.png"}
+# tests/golden/README.md, SAMM tolerances
 TOL_ALIGN, TOL_RGB, TOL_FEAT, TOL_F16 = 1e-4, 2e-4, 3e-4, 3e-3
 
 
@@ -27,10 +30,9 @@ def close(a: torch.Tensor, ref: np.ndarray, atol: float, what: str = "") -> None
     assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol}"
 
 
-def chstats(t: torch.Tensor) -> np.ndarray:
-    """[C,5] per channel over H x W: mean, std (N-1), min, max, sum |x| (float64), as the goldens store them."""
-    x = t[0].double().flatten(1)
-    return torch.stack([x.mean(1), x.std(1), x.min(1).values, x.max(1).values, x.abs().sum(1)], 1).numpy()
+def input_u8(image: str) -> np.ndarray:
+    """[1024,1024,3] uint8 RGB input photo of the pipeline goldens."""
+    return np.asarray(Image.open(INPUTS[image]).convert("RGB"))
 
 
 def stats_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
@@ -64,7 +66,7 @@ def test_block_matches_official_on_non_square_inputs(samm, res, k):
     prev = torch.from_numpy(d[f"P_{res}"]) if f"P_{res}" in d else None
     y, align = samm.block(res)(torch.from_numpy(d[f"G_{res}"]), torch.from_numpy(d[f"E_{res}"]), prev, cycle_align=k)
     close(align, d[f"align_{res}_k{k}"], TOL_ALIGN, "align")
-    close(y, d[f"y_{res}_k{k}"], TOL_RGB, "y")
+    assert_channel_views(y, d, f"y_{res}_k{k}", TOL_RGB)
 
 
 @torch.no_grad()
@@ -72,7 +74,7 @@ def test_block32_on_pipeline_tensors(samm):
     d = golden("samm/samm_block32_io.npz")
     y, align = samm.block(32)(torch.from_numpy(d["G_32"]), torch.from_numpy(d["E_32"]))
     close(align, d["align_32"], TOL_ALIGN, "align")
-    close(y, d["y_32"], TOL_FEAT, "y")
+    assert_channel_views(y, d, "y_32", TOL_FEAT)
 
 
 def test_unused_official_scalars_do_not_change_outputs(samm):
@@ -101,11 +103,13 @@ def pipe(g1024, samm):
 
 
 def _check_views(out, d):
-    for r in RESOLUTIONS:
-        close(out.aligns[r], d[f"align_{r}"], TOL_ALIGN, f"align_{r}")
+    for r in RESOLUTIONS:  # the 128 and 256 px aligns strided to 64 px
+        step, a = r // min(r, 64), out.aligns[r]
+        key = f"align_{r}" if step == 1 else f"align_{r}_sub{step}"
+        close(a[:, :, ::step, ::step], d[key], TOL_ALIGN, key)
     for name, t, tol in (("mask1024", out.mask, TOL_ALIGN), ("gen", out.generated, TOL_RGB),
                          ("out", out.image, TOL_RGB)):
-        close(t[:, :, ::4, ::4], d[f"{name}_sub4"], tol, f"{name}_sub4")
+        close(t[:, :, ::16, ::16], d[f"{name}_sub16"], tol, f"{name}_sub16")
         close(t[:, :, 480:544, 480:544], d[f"{name}_center64"], tol, f"{name}_center64")
         ref = d[f"{name}_stats"]
         x = t.double()
@@ -116,8 +120,8 @@ def _check_views(out, d):
 @torch.no_grad()
 def test_grace_inversion_features_masks_and_full_images(pipe):
     """Main case, stage by stage: x256, codes, the G/E/y' of every level, aligns, mask, gen, out (full f16)."""
-    inputs, d = golden("samm/samm_inputs.npz"), golden("samm/samm_grace_inv.npz")
-    x, x256 = pipe.prepare(inputs["grace_u8"])
+    d = golden("samm/samm_grace_inv.npz")
+    x, x256 = pipe.prepare(input_u8("grace"))
     close(x256, d["x256"], 1e-5, "x256")
     inv = pipe.encode(x256)
     close(inv.w_plus - pipe.latent_avg, d["codes"], TOL_ALIGN, "codes")
@@ -143,10 +147,11 @@ def test_grace_inversion_features_masks_and_full_images(pipe):
     from facefix.pipeline import PipelineOutput
 
     _check_views(PipelineOutput(out, inv.w_plus, gen, mask, "samm", trace.aligns), d)
+    # full-resolution crops of the float16 images: corners, edge midpoints, centre
     full_mg = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")
-    close(mask, full_mg["mask1024_f16"].astype(np.float32), TOL_F16, "full mask")
-    close(gen, full_mg["gen_f16"].astype(np.float32), TOL_F16, "full gen")
-    close(out, golden("samm/samm_grace_inv_full_out_f16.npz")["out_f16"].astype(np.float32), TOL_F16, "full out")
+    full_out = golden("samm/samm_grace_inv_full_out_f16.npz")
+    for name, t, f in (("mask1024", mask, full_mg), ("gen", gen, full_mg), ("out", out, full_out)):
+        close(crops(t, f["crop_origins"]), f[f"{name}_f16_crops"], TOL_F16, f"full {name}")
 
     # --mask-from original: replaying the stored aligns on the same code re-creates the SAMM pass exactly.
     replay = pipe.render(x, inv, mask="samm", reference=PipelineOutput(out, inv.w_plus, gen, mask, "samm",
@@ -162,7 +167,7 @@ def test_pipeline_render_matches_official(pipe, case):
     inputs = golden("samm/samm_inputs.npz")
     image, mode = case.split("_")
     d = golden(f"samm/samm_{case}.npz")
-    x, x256 = pipe.prepare(inputs[f"{image}_u8"])
+    x, x256 = pipe.prepare(input_u8(image))
     inv = pipe.encode(x256)
     w = inv.w_plus
     if mode == "edit":
@@ -212,8 +217,6 @@ def test_facefix_format_round_trip_keeps_config(tmp_path):
 @pytest.mark.slow
 def test_cli_invert_with_official_samm_file_matches_golden(tmp_path, e4e1024_file, g1024):
     """`facefix invert --aligned --samm FILE --save mask` on the golden crop reproduces the official output."""
-    from PIL import Image
-
     from tests.conftest import write_generator_checkpoint, write_samm_checkpoint
     from tests.test_cli import ALIGNED, run
 
@@ -222,12 +225,18 @@ def test_cli_invert_with_official_samm_file_matches_golden(tmp_path, e4e1024_fil
     r = run("invert", ALIGNED, "--aligned", "--samm", samm_file, "--generator", gen, "--encoder", e4e1024_file,
             "--save", "mask", "--device", "cpu", "-o", tmp_path / "out", "-q")
     assert r.exit_code == 0, r.output
-    out = np.asarray(Image.open(tmp_path / "out" / "grace_hopper_aligned1024.png")).astype(int)
-    ref = golden("samm/samm_grace_inv_full_out_f16.npz")["out_f16"][0].astype(np.float32).transpose(1, 2, 0)
-    ref_u8 = np.clip(np.round((ref + 1) * 127.5), 0, 255)
+
+    def png_crops(name: str, origins: np.ndarray) -> np.ndarray:  # [9,C,64,64] of an output PNG, as int
+        img = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / name)).astype(np.int64))
+        return crops(img.permute(2, 0, 1)[None], origins).numpy()
+
+    full_out = golden("samm/samm_grace_inv_full_out_f16.npz")  # full-resolution crops of the float16 images
+    full_mg = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")
+    out = png_crops("grace_hopper_aligned1024.png", full_out["crop_origins"])
+    ref_u8 = np.clip(np.round((full_out["out_f16_crops"].astype(np.float32) + 1) * 127.5), 0, 255)
     assert np.abs(out - ref_u8).max() <= 1 and (out != ref_u8).mean() < 0.01
-    mask = np.asarray(Image.open(tmp_path / "out" / "grace_hopper_aligned1024.mask.png"))[..., 0].astype(int)
-    ref_mask = golden("samm/samm_grace_inv_full_mask_gen_f16.npz")["mask1024_f16"][0, 0].astype(np.float32)
+    mask = png_crops("grace_hopper_aligned1024.mask.png", full_mg["crop_origins"])[:, :1]
+    ref_mask = full_mg["mask1024_f16_crops"].astype(np.float32)
     assert np.abs(mask - np.round(ref_mask * 255)).max() <= 1
 
 

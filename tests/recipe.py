@@ -2,9 +2,10 @@
 
 The real checkpoints (StyleGAN2-FFHQ, e4e, ReStyle) cannot be shipped with tests, so tests, benchmarks and the
 synthetic benchmark fill the official layouts with deterministic pseudo-random tensors. The rules are those of
-``shared/golden/README.md`` §(b): entry ``i`` (counting every entry of that state dict, in order) is drawn from
-``torch.randn(shape, generator=manual_seed(seed_base + i))`` and scaled per key family; constants (blur kernels,
-BatchNorm step counters) are exact. With torch 2.13 on AVX2 CPUs the tensors are bit-identical to the goldens'.
+``tests/golden/README.md`` (weight recipe): entry ``i`` (counting every entry of that state dict, in order) is
+drawn from ``torch.randn(shape, generator=manual_seed(seed_base + i))`` and scaled per key family; constants (blur
+kernels, BatchNorm step counters) are exact. With torch 2.13 on AVX2 CPUs the tensors are bit-identical to the
+goldens'. This is test and benchmark scaffolding, not part of the facefix package.
 
 Because the rules only look at key names and shapes, they work at any generator size (64 px test configs, 1024).
 """
@@ -42,7 +43,7 @@ def _randn(shape: Sequence[int], seed: int) -> Tensor:
 
 
 def generator_rule(key: str, shape: Sequence[int]) -> tuple[str, float, float]:
-    """(kind, scale, offset) for a rosinality ``g_ema`` key (first matching rule of the golden README)."""
+    """(kind, scale, offset) for a rosinality ``g_ema`` key (first matching rule of the golden README's table)."""
     rules = [
         ("*.kernel", "blur4", 0.0, 0.0),
         ("style.*.weight", "affine", 100.0, 0.0),
@@ -95,7 +96,7 @@ def _f32(x: float) -> float:
 
 
 # The AlignNet head's two InstanceNorm affines set the raw (dx, dy, alpha) statistics directly, so their offsets are
-# per channel: flows near tanh's linear range, the mask logit spread wide (golden/samm README (b)).
+# per channel: flows near tanh's linear range, the mask logit spread wide (golden README, SAMM weight recipe).
 _SAMM_HEAD_GAMMA = (0.25, 0.25, 1.75)
 _SAMM_HEAD_BETA = (0.0, 0.0, 0.25)
 
