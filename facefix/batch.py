@@ -20,22 +20,40 @@ Pure functions (no models, no printing), so scripts and tests can predict a run'
   in a sweep) gets ``-2``.
 - Shards: ``--shard I/N`` keeps the inputs whose position in the full, named list is ``I`` mod ``N``: the N shards
   partition the inputs exactly, and names do not depend on the shard.
+
+Running a command over the inputs (below the pure functions): :func:`run_inputs` calls a per-input ``work`` and
+records each input in a :class:`RunReport` (``facefix-report.json``); :class:`PhotoRun` is that work for ``invert``
+and ``edit`` (output plan, resume, groups, prefetch, writing; the model stages are :mod:`facefix.photo`'s), and
+:class:`AlignRun` for ``align``. Nothing here prints: progress goes to a callback.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import stat
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from facefix.errors import UsageError
+import numpy as np
+
+from facefix.config import MaskMode
+from facefix.errors import FacefixError, InputError, UsageError
+
+if TYPE_CHECKING:  # the models are imported when a run needs them: `facefix --version` and `align` stay light
+    from facefix.align import FaceDetector
+    from facefix.edits import Variant
+    from facefix.photo import FaceResult, PhotoFaces, PhotoOptions
+    from facefix.pipeline import FacefixPipeline
 
 # First bytes of the formats facefix reads (image_io): JPEG, PNG, GIF, WebP (RIFF....WEBP), TIFF (both byte
 # orders, BigTIFF), BMP.
@@ -270,3 +288,393 @@ def remove_stale_temps(out: Path, items: Iterable[InputFile]) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The image files below ``folder`` as a folder INPUT is searched: recursive, by content, hidden names skipped,
+    sorted by path."""
+    return [path for path, _ in _folder_files(folder)]
+
+
+# -- running a command over the inputs ---------------------------------------------------------------------------
+
+REPORT_NAME = "facefix-report.json"
+EXTRA_OUTPUTS = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
+"""Extra per-face outputs (``--save``) -> file suffix."""
+
+
+def select_inputs(items: Iterable[str], shard: str | None = None, exclude: Iterable[Path] = (),
+                  labels: Iterable[str] = ()) -> list[InputFile]:
+    """Collect the INPUTs (see :func:`collect_inputs`) and keep this shard's; :class:`UsageError` when none are
+    left."""
+    selected = select_shard(collect_inputs(items, exclude=exclude, labels=labels), parse_shard(shard))
+    if not selected:
+        raise UsageError("no input images found" + (" in this shard" if shard else ""))
+    return selected
+
+
+def make_output_dir(output: Path) -> None:
+    """Create the output folder; :class:`UsageError` when it cannot be created or written to."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{output}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(output, os.W_OK):
+        raise UsageError(f"{output}: the output folder is not writable")
+
+
+@dataclass
+class InputReport:
+    """One row of ``facefix-report.json``."""
+
+    input: str
+    status: str = "ok"  # ok | skipped | failed
+    outputs: list[str] = field(default_factory=list)
+    faces: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Accumulate the wall time of a stage (load, detect, encode, render, write) in ``timings``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+
+@dataclass
+class RunReport:
+    """A run over the inputs: what ``facefix-report.json`` holds, and how many inputs failed on a bug in facefix
+    (an exception that is not a :class:`FacefixError` or MemoryError; not in the JSON)."""
+
+    command: str
+    options: dict[str, Any]
+    inputs: list[InputReport]
+    internal_errors: int = 0
+
+    @property
+    def failed(self) -> list[InputReport]:
+        return [r for r in self.inputs if r.status == "failed"]
+
+    def summary(self) -> dict[str, int]:
+        return {"inputs": len(self.inputs), "ok": sum(r.status == "ok" for r in self.inputs),
+                "skipped": sum(r.status == "skipped" for r in self.inputs), "failed": len(self.failed)}
+
+    def to_json(self) -> str:
+        from facefix import __version__
+
+        return json.dumps({"facefix": __version__, "command": self.command, "options": self.options,
+                           "summary": self.summary(), "inputs": [asdict(r) for r in self.inputs]}, indent=2)
+
+    def write(self, out_dir: Path) -> None:
+        """Write ``out_dir/facefix-report.json`` atomically."""
+        from facefix.image_io import atomic_write_bytes
+
+        atomic_write_bytes(out_dir / REPORT_NAME, self.to_json().encode())
+
+
+def describe_error(item: InputFile, err: Exception) -> str:
+    """The report line of an input that failed with ``err``."""
+    if isinstance(err, FacefixError):
+        return input_error(item.path, err)
+    if isinstance(err, MemoryError):
+        return f"{item.path}: out of memory"
+    return f"{item.path}: internal error: {type(err).__name__}: {err}"
+
+
+def run_inputs(command: str, options: dict[str, Any], inputs: list[InputFile],
+               work: Callable[[InputFile, InputReport], None],
+               done: Callable[[int, InputFile, InputReport], None] | None = None,
+               describe: Callable[[InputFile, Exception], str] = describe_error) -> RunReport:
+    """Run ``work`` per input, in order; one bad input never stops the others.
+
+    ``work`` fills the input's row (outputs, faces, stage timings, ``skipped``) and raises on failure; the row
+    then records ``describe(item, err)``, called inside the ``except`` block (a caller may print the traceback).
+    ``done(i, item, row)`` is called after each input (i = 1..n), e.g. to show progress.
+    """
+    run = RunReport(command, options, [])
+    for i, item in enumerate(inputs, 1):
+        rep = InputReport(input=str(item.path))
+        t0 = time.perf_counter()
+        try:
+            work(item, rep)
+        except Exception as e:  # noqa: BLE001 - recorded per input, the run goes on
+            rep.status, rep.error = "failed", describe(item, e)
+            run.internal_errors += not isinstance(e, (FacefixError, MemoryError))
+        rep.seconds = round(time.perf_counter() - t0, 3)
+        run.inputs.append(rep)
+        if done is not None:
+            done(i, item, rep)
+    return run
+
+
+@dataclass
+class _Job:
+    """One input of a group: its faces, planned outputs and, once its group ran, per face its results."""
+
+    item: InputFile
+    faces: PhotoFaces
+    timings: dict[str, float]
+    tags: list[str]
+    planned: list[Path] = field(default_factory=list)
+    complete: bool = False
+    latents: list[Any] = field(default_factory=list)  # per face a saved W+ code [1,L,D] (--latent)
+    results: list[FaceResult | None] = field(default_factory=list)
+    error: Exception | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.faces.crops)
+
+
+class PhotoRun:
+    """The per-input work of ``facefix invert`` / ``facefix edit``: plan the outputs, find the faces, encode once,
+    render the inversion and every edit, paste back, write. Outputs are planned first, so existing ones are skipped
+    and inputs never overwritten. Call it as ``work`` of :func:`run_inputs`, in input order.
+
+    Batching: inputs are taken in consecutive groups of ``options.batch_size`` (by position in the input list), and
+    the faces of a group are encoded and rendered together, up to ``batch_size`` faces per model call. Batched
+    float arithmetic differs from batch 1 in the last bits, so groups depend only on the input list: a group with
+    any work left is computed whole (its finished inputs are recomputed, not rewritten), and a resumed run writes
+    the same bytes as an uninterrupted one.
+
+    Decoding, detection and alignment of the next inputs run in a background thread while the models work on the
+    current group (PIL, dlib's C++ and torch release the GIL); only that thread uses the face detector.
+
+    Args:
+        pipe: the loaded models.
+        inputs: every input of the run, in order (groups and prefetch follow it).
+        options: resolved (:meth:`facefix.photo.PhotoOptions.for_pipeline`).
+        edits: the edits to render (several for a sweep); empty for a plain inversion.
+        output: the output folder; outputs are named after the inputs' keys.
+        extras: extra outputs, keys of :data:`EXTRA_OUTPUTS`.
+        overwrite: recompute and replace existing outputs (default: skip inputs whose outputs all exist).
+        latents: saved W+ codes to use instead of encoding: one ``.pt`` file, or the output folder of an earlier
+            run with ``latent`` in its extras (looked up by the same names).
+    """
+
+    def __init__(self, pipe: FacefixPipeline, inputs: list[InputFile], options: PhotoOptions,
+                 edits: Sequence[Variant], output: Path, extras: Iterable[str] = (), overwrite: bool = False,
+                 latents: Path | None = None):
+        self.pipe, self.inputs, self.options, self.edits = pipe, inputs, options, list(edits)
+        self.output, self.extras, self.overwrite, self.latents = output, set(extras), overwrite, latents
+        self.sweep = len(self.edits) > 1
+        self.labels = [safe_label(v.label) for v in self.edits] if self.sweep else [""]
+        self.size = options.batch_size or 1
+        self._position = {item: i for i, item in enumerate(inputs)}
+        self._detector: FaceDetector | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefix-load")
+        self._pending: dict[InputFile, Future] = {}
+        self._group: dict[int, dict[InputFile, _Job | Exception]] = {}
+
+    def __enter__(self) -> PhotoRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- CPU side: decode, detect, align (in the background thread) -----------------------------------------
+    def _load(self, item: InputFile) -> tuple[PhotoFaces, dict[str, float]]:
+        from facefix.align import FaceDetector
+        from facefix.image_io import load_image
+        from facefix.photo import find_faces
+
+        t0 = time.perf_counter()
+        photo = load_image(item.path)
+        t1 = time.perf_counter()
+        if self._detector is None and self.options.needs_detector:
+            self._detector = FaceDetector()
+        faces = find_faces(photo, self.options, self._detector)
+        return faces, {"load": round(t1 - t0, 3), "detect": round(time.perf_counter() - t1, 3)}
+
+    def _loaded(self, item: InputFile) -> tuple[PhotoFaces, dict[str, float]]:
+        """This input's CPU stages (already running if prefetched); starts those of the next ``size`` inputs."""
+        fut = self._pending.pop(item, None) or self._pool.submit(self._load, item)
+        at = self._position[item]
+        for nxt in self.inputs[at + 1: at + 1 + self.size]:
+            if nxt not in self._pending:
+                self._pending[nxt] = self._pool.submit(self._load, nxt)
+        return fut.result()
+
+    # -- output names ----------------------------------------------------------------------------------------
+    def _face_path(self, job: _Job, k: int, suffix: str) -> Path:
+        return Path(f"{self.output / job.item.key}{job.tags[k]}{suffix}")
+
+    def _main_path(self, job: _Job, k: int, j: int) -> Path:
+        from facefix.image_io import suffix_for
+
+        lab = f"_{self.labels[j]}" if self.sweep else ""
+        if self.options.pastes:
+            return Path(f"{self.output / job.item.key}{lab}{suffix_for(job.faces.photo)}")
+        return self._face_path(job, k, f"{lab}.png")
+
+    def _plan(self, item: InputFile) -> _Job:
+        """Load an input, name its outputs, read its saved codes."""
+        from facefix.latents import load_latent
+
+        faces, timings = self._loaded(item)
+        n, which = len(faces.crops), self.options.face
+        tags = [f"_face{which if isinstance(which, int) else k}" if n > 1 or isinstance(which, int) else ""
+                for k in range(n)]
+        job = _Job(item, faces, dict(timings), tags)
+        planned = sorted({self._main_path(job, k, j) for k in range(n) for j in range(len(self.labels))}, key=str)
+        for key, suffix in EXTRA_OUTPUTS.items():
+            if key in self.extras and not (key == "aligned" and self.options.aligned):
+                planned += [self._face_path(job, k, suffix) for k in range(n)]
+        if self.sweep:
+            planned += [self._face_path(job, k, suffix) for suffix in (".sweep.png", ".sweep.gif") for k in range(n)]
+        if any(p.resolve() == item.path.resolve() for p in planned):
+            raise UsageError(f"{item.path}: an output would overwrite the input; choose another output folder")
+        job.planned, job.complete = planned, all(p.exists() for p in planned)
+        if self.latents is not None:
+            src = self.latents if self.latents.is_file() else None
+            for k in range(n):
+                f = src or self.latents / f"{item.key}{tags[k]}{EXTRA_OUTPUTS['latent']}"
+                w = load_latent(f, self.pipe.generator.n_latent, self.pipe.generator.style_dim)
+                if w.shape[0] != 1:
+                    raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
+                job.latents.append(w)
+        job.results = [None] * n
+        return job
+
+    # -- models ------------------------------------------------------------------------------------------------
+    def _compute(self, chunk: list[tuple[_Job, int]]) -> None:
+        """Encode and render faces (job, k) as one batch; fills the jobs' results and encode/render timings."""
+        import torch
+
+        from facefix.photo import invert_faces, render_faces
+
+        lms = None
+        if self.options.mask == MaskMode.face:
+            lms = np.stack([job.faces.landmarks[k] for job, k in chunk])  # type: ignore[index]
+        t0 = time.perf_counter()
+        w = torch.cat([job.latents[k] for job, k in chunk]) if self.latents is not None else None
+        x, inversion = invert_faces(self.pipe, [job.faces.crops[k] for job, k in chunk], self.options, w)
+        t1 = time.perf_counter()
+        results = render_faces(self.pipe, x, inversion, self.edits, self.options, lms,
+                               with_inversion=bool({"grid", "mask"} & self.extras))
+        t2 = time.perf_counter()
+        for (job, k), result in zip(chunk, results, strict=True):
+            for stage, dt in (("encode", t1 - t0), ("render", t2 - t1)):  # a batch's time, shared per face
+                job.timings[stage] = round(job.timings.get(stage, 0.0) + dt / len(chunk), 3)
+            job.results[k] = result
+
+    def _run_group(self, g: int) -> dict[InputFile, _Job | Exception]:
+        """Plan every input of group g and, unless all are finished, compute all their faces in batches.
+        Errors stay with their input (a failed model batch fails the inputs it held), raised at its turn."""
+        jobs: dict[InputFile, _Job | Exception] = {}
+        for item in self.inputs[g * self.size:(g + 1) * self.size]:
+            try:
+                jobs[item] = self._plan(item)
+            except Exception as e:  # noqa: BLE001 - reported when this input's turn comes
+                jobs[item] = e
+        live = [j for j in jobs.values() if isinstance(j, _Job)]
+        if self.overwrite or not all(j.complete for j in live):
+            faces = [(j, k) for j in live for k in range(j.n)]
+            for lo in range(0, len(faces), self.size):
+                try:
+                    self._compute(faces[lo:lo + self.size])
+                except Exception as e:  # noqa: BLE001
+                    for j, _ in faces[lo:lo + self.size]:
+                        j.error = e
+        return jobs
+
+    # -- the work of one input -----------------------------------------------------------------------------------
+    def __call__(self, item: InputFile, rep: InputReport) -> None:
+        g = self._position[item] // self.size
+        if g not in self._group:
+            self._group.clear()  # the previous group is written: free its images
+            self._group[g] = self._run_group(g)
+        job = self._group[g][item]
+        if isinstance(job, Exception):
+            raise job
+        rep.timings.update(job.timings)
+        rep.faces, rep.outputs = job.n, [str(p) for p in job.planned]
+        if not self.overwrite and job.complete:
+            rep.status = "skipped"
+            return
+        if job.error is not None:
+            raise job.error
+        with rep.stage("write"):
+            self._write(job)
+
+    def _write(self, job: _Job) -> None:
+        from facefix.image_io import save_gif, save_image
+        from facefix.latents import save_latent
+        from facefix.photo import paste_faces
+
+        photo, crops, results = job.faces.photo, job.faces.crops, job.results
+        assert all(r is not None for r in results)
+        (self.output / job.item.key).parent.mkdir(parents=True, exist_ok=True)
+        for j in range(len(self.labels)):
+            if self.options.pastes:
+                save_image(self._main_path(job, 0, j), paste_faces(job.faces, results, j), like=photo)
+            else:
+                for k in range(job.n):
+                    save_image(self._main_path(job, k, j), results[k].images[j])
+        for k, r in enumerate(results):
+            if "aligned" in self.extras and not self.options.aligned:
+                save_image(self._face_path(job, k, ".aligned.png"), crops[k])
+            if "latent" in self.extras:
+                save_latent(self._face_path(job, k, ".latent.pt"), r.w_plus)
+            m = r.inversion_mask if r.inversion is not None else r.masks[0]
+            m_img = np.zeros(crops[k].shape[:2], np.uint8) if m is None else \
+                np.clip(np.round(m * 255), 0, 255).astype(np.uint8)
+            if "mask" in self.extras:
+                save_image(self._face_path(job, k, ".mask.png"), np.repeat(m_img[..., None], 3, axis=2))
+            if "grid" in self.extras:
+                tiles = [crops[k], r.inversion, m_img] + (r.images if self.edits else [])
+                save_image(self._face_path(job, k, ".grid.png"), grid(tiles))
+            if self.sweep:
+                frames = [grid([im]) for im in r.images]
+                save_image(self._face_path(job, k, ".sweep.png"), np.concatenate(frames, axis=1))
+                save_gif(self._face_path(job, k, ".sweep.gif"), frames + frames[-2:0:-1])  # ping-pong loop
+
+
+class AlignRun:
+    """The per-input work of ``facefix align``: OUT/KEY_faceK.png (the FFHQ crop, ``size`` px) and OUT/KEY_faceK.json
+    (``{"input": path, **Alignment.to_dict()}``) per face; faces whose two files exist are skipped unless
+    ``overwrite``. Builds the face detector once."""
+
+    def __init__(self, output: Path, face: str | int = "best", size: int = 1024, overwrite: bool = False):
+        from facefix.align import FaceDetector
+
+        self.output, self.face, self.size, self.overwrite = output, face, size, overwrite
+        self.detector = FaceDetector()
+
+    def __call__(self, item: InputFile, rep: InputReport) -> None:
+        from facefix.align import align_face, detect_faces
+        from facefix.image_io import atomic_write_bytes, load_image, save_image
+
+        with rep.stage("load"):
+            rgb = load_image(item.path).rgb
+        with rep.stage("detect"):
+            found = detect_faces(rgb, self.detector, self.face, str(item.path))
+        rep.faces = len(found)
+        for k, f in enumerate(found):
+            k_out = self.face if isinstance(self.face, int) else k
+            crop_path = self.output / f"{item.key}_face{k_out}.png"
+            json_path = crop_path.with_suffix(".json")
+            rep.outputs += [str(crop_path), str(json_path)]
+            if not self.overwrite and crop_path.exists() and json_path.exists():
+                continue
+            with rep.stage("align"):
+                a = align_face(rgb, f, output_size=self.size)
+            crop_path.parent.mkdir(parents=True, exist_ok=True)
+            with rep.stage("write"):
+                save_image(crop_path, a.crop, compress_level=1)  # zlib 4 was most of align's time
+                atomic_write_bytes(json_path, json.dumps({"input": str(item.path), **a.to_dict()}, indent=1).encode())
+
+
+def grid(tiles: list[np.ndarray], size: int = 256) -> np.ndarray:
+    """uint8 [H,W,3] or [H,W] tiles -> one row uint8 [size, size * len(tiles), 3], each tile resized (bilinear)."""
+    from PIL import Image
+
+    row = []
+    for t in tiles:
+        im = Image.fromarray(t).convert("RGB").resize((size, size), Image.BILINEAR)
+        row.append(np.asarray(im))
+    return np.concatenate(row, axis=1)

@@ -1,38 +1,42 @@
-"""The ``facefix`` command line (Typer): parse options, build the pipeline once, run it per input, report.
+"""The ``facefix`` command line (Typer): options, help text, progress and exit codes over the library.
 
-This is the one place where errors become lines on stderr and exit codes (``shared/design/cli.md``):
-0 every input succeeded, 1 some inputs failed (each reported, the others still written), 2 usage error,
-3 internal error (a bug in facefix, not a bad input; the run still reports every input), 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM, handled like Ctrl-C: files being written are removed, finished outputs stay).
-A :class:`FacefixError` is one line; any other exception is "internal error ... rerun with --debug", and
-``--debug`` shows the traceback.
+Each command parses its options and hands them to the library: :mod:`facefix.photo` edits a photo,
+:mod:`facefix.batch` runs it over the inputs (outputs, groups, prefetch, report). This is the one place where errors
+become lines on stderr and exit codes (``shared/design/cli.md``): 0 every input succeeded, 1 some inputs failed
+(each reported, the others still written), 2 usage error, 3 internal error (a bug in facefix, not a bad input; the
+run still reports every input), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled like Ctrl-C: files being
+written are removed, finished outputs stay). A :class:`FacefixError` is one line; any other exception is "internal
+error ... rerun with --debug", and ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from facefix import __version__
-from facefix.batch import InputFile
+from facefix.config import Choice, EncoderType, MaskFrom, MaskMode
 from facefix.errors import FacefixError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from facefix.batch import InputFile, InputReport
+    from facefix.edits import Variant
+    from facefix.photo import PhotoOptions
+    from facefix.weights import ProgressCallback
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
-SAVE_CHOICES = ("aligned", "mask", "latent", "grid")
+C = TypeVar("C", bound=Choice)
 
 app = typer.Typer(
     name="facefix",
@@ -108,130 +112,128 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """facefix: photo in, photo out."""
 
 
-@dataclass
-class InputReport:
-    """One row of ``facefix-report.json``."""
+def _terminal() -> bool:
+    """Whether stderr is a terminal: live progress bars there, plain lines (or nothing) otherwise."""
+    return sys.stderr.isatty()
 
-    input: str
-    status: str = "ok"  # ok | skipped | failed
-    outputs: list[str] = field(default_factory=list)
-    faces: int = 0
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Accumulate the wall time of a stage (load, detect, encode, render, write) in ``timings``."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
+def _choice(choices: type[Choice], flag: str, help: str) -> Any:
+    """An option taking one of ``choices``' values: --help and shell completion list them; :func:`_chosen` checks
+    the value (a facefix usage error, like the other option checks)."""
+
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in choices.values() if v.startswith(incomplete)]
+
+    return typer.Option(flag, help=help, metavar="[" + "|".join(choices) + "]", autocompletion=complete)
+
+
+def _chosen(choices: type[C], value: str, flag: str) -> C:
+    try:
+        return choices(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: expected one of {', '.join(choices)}") from None
 
 
 def _parse_save(save: str | None) -> set[str]:
+    from facefix.batch import EXTRA_OUTPUTS
+
     if not save:
         return set()
     items = {s.strip() for s in save.split(",") if s.strip()}
-    bad = items - set(SAVE_CHOICES)
+    bad = items - set(EXTRA_OUTPUTS)
     if bad:
         raise UsageError(f"--save {save!r}: unknown item(s) {', '.join(sorted(bad))}; choose from "
-                         f"{','.join(SAVE_CHOICES)}")
+                         f"{','.join(EXTRA_OUTPUTS)}")
     return items
 
 
-def _inputs(items: list[str], shard: str | None, output: Path, labels: list[str] | None = None) -> list[InputFile]:
-    from facefix.batch import collect_inputs, parse_shard, select_shard
+def _parse_face(face: str) -> str | int:
+    if face in ("best", "all"):
+        return face
+    if face.isdigit():
+        return int(face)
+    raise UsageError(f"--face {face!r}: expected best, all or a face number N (0-based, left to right)")
 
-    selected = select_shard(collect_inputs(items, exclude=[output], labels=labels or []), parse_shard(shard))
-    if not selected:
-        raise UsageError("no input images found" + (" in this shard" if shard else ""))
+
+def _inputs(items: list[str], shard: str | None, output: Path, labels: Sequence[str] = ()) -> list[InputFile]:
+    """The inputs of this shard (``labels``: a sweep's, part of output names), with the output folder created and
+    the temp files a killed earlier run left for their outputs removed."""
+    from facefix.batch import make_output_dir, remove_stale_temps, select_inputs
+
+    selected = select_inputs(items, shard, exclude=[output], labels=labels)
+    try:
+        make_output_dir(output)
+    except UsageError as e:
+        raise UsageError(f"-o {e}") from None
+    remove_stale_temps(output, selected)
     return selected
 
 
-def _run_inputs(inputs: list[InputFile], out_dir: Path, work: Callable[[InputFile, InputReport], None], quiet: bool,
-                as_json: bool, command: str, options: dict[str, Any]) -> int:
-    """Run ``work`` per input; one bad input never stops the others. Writes facefix-report.json.
+def _run_inputs(command: str, options: dict[str, Any], inputs: list[InputFile], out_dir: Path,
+                work: Callable[[InputFile, InputReport], None], quiet: bool, as_json: bool, debug: bool) -> int:
+    """Run ``work`` per input (``facefix.batch.run_inputs``), show progress, write the report; the exit code.
 
     Progress: a rich bar on a terminal, one plain line per input otherwise (logs, CI), nothing with --quiet.
     """
-    from facefix.batch import input_error
-    from facefix.image_io import atomic_write_bytes
+    from facefix.batch import describe_error, run_inputs
 
-    reports: list[InputReport] = []
-    bugs = 0
-    live = not quiet and sys.stderr.isatty()
+    def describe(item: InputFile, err: Exception) -> str:
+        if isinstance(err, MemoryError):
+            return f"{item.path}: out of memory (try --batch-size 1 or --device cpu)"
+        if debug and not isinstance(err, FacefixError):
+            traceback.print_exc()
+        return describe_error(item, err)
+
+    with _input_progress(command, len(inputs), quiet) as done:
+        run = run_inputs(command, options, inputs, work, done, describe)
+    errors = [str(r.error) for r in run.failed]
+    try:
+        run.write(out_dir)
+    except FacefixError as e:
+        _err(str(e))
+        errors = errors or [str(e)]
+    if as_json:
+        typer.echo(run.to_json())
+    if not quiet:
+        s = run.summary()
+        typer.echo(f"facefix: {s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed -> {out_dir}", err=True)
+    if errors:
+        _err(f"{len(errors)} of {len(run.inputs)} input(s) failed: " + "; ".join(errors[:5]) +
+             (" ..." if len(errors) > 5 else ""))
+        return EXIT_INTERNAL if run.internal_errors else EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+@contextmanager
+def _input_progress(command: str, total: int, quiet: bool) -> Iterator[Callable[[int, InputFile, InputReport], None]]:
+    """A ``done(i, item, row)`` callback that shows each finished input; failures always get their line."""
     progress = None
-    if live:
+    if not quiet and _terminal():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        progress.start()
-        task = progress.add_task(command, total=len(inputs))
-    try:
-        for i, item in enumerate(inputs, 1):
-            rep = InputReport(input=str(item.path))
-            t0 = time.perf_counter()
-            try:
-                work(item, rep)
-            except FacefixError as e:
-                rep.status, rep.error = "failed", input_error(item.path, e)
-            except MemoryError:
-                rep.status, rep.error = "failed", f"{item.path}: out of memory (try --batch-size 1 or --device cpu)"
-            except Exception as e:  # noqa: BLE001 - recorded per input, the run goes on
-                rep.status, rep.error = "failed", f"{item.path}: internal error: {type(e).__name__}: {e}"
-                bugs += 1
-                if options.get("debug"):
-                    traceback.print_exc()
-            rep.seconds = round(time.perf_counter() - t0, 3)
-            reports.append(rep)
-            if rep.status == "failed":
-                _err(rep.error or "failed")
-            elif progress is not None:
-                stages = " ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items())
-                progress.update(task, description=f"{command} {item.key} ({stages})")
-            elif not quiet:
-                stages = ", ".join(f"{k} {v:.1f} s" for k, v in rep.timings.items())
-                typer.echo(f"[{i}/{len(inputs)}] {item.path}: {rep.status} ({rep.seconds:.1f} s"
-                           f"{': ' + stages if stages else ''})", err=True)
-            if progress is not None:
-                progress.advance(task)
-    finally:
+        task = progress.add_task(command, total=total)
+
+    def done(i: int, item: InputFile, rep: InputReport) -> None:
+        if rep.status == "failed":
+            _err(rep.error or "failed")
+        elif progress is not None:
+            stages = " ".join(f"{k} {v:.1f}s" for k, v in rep.timings.items())
+            progress.update(task, description=f"{command} {item.key} ({stages})")
+        elif not quiet:
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in rep.timings.items())
+            typer.echo(f"[{i}/{total}] {item.path}: {rep.status} ({rep.seconds:.1f} s"
+                       f"{': ' + stages if stages else ''})", err=True)
         if progress is not None:
-            progress.stop()
-    failed = [r for r in reports if r.status == "failed"]
-    report = {"facefix": __version__, "command": command, "options": options,
-              "summary": {"inputs": len(reports), "ok": sum(r.status == "ok" for r in reports),
-                          "skipped": sum(r.status == "skipped" for r in reports), "failed": len(failed)},
-              "inputs": [asdict(r) for r in reports]}
-    text = json.dumps(report, indent=2)
-    try:
-        atomic_write_bytes(out_dir / "facefix-report.json", text.encode())
-    except FacefixError as e:
-        _err(str(e))
-        failed = failed or [InputReport(input="facefix-report.json", status="failed", error=str(e))]
-    if as_json:
-        typer.echo(text)
-    if not quiet:
-        s = report["summary"]
-        typer.echo(f"facefix: {s['ok']} ok, {s['skipped']} skipped, {s['failed']} failed -> {out_dir}", err=True)
-    if failed:
-        _err(f"{len(failed)} of {len(reports)} input(s) failed: " +
-             "; ".join(str(r.error) for r in failed[:5]) + (" ..." if len(failed) > 5 else ""))
-        return EXIT_INTERNAL if bugs else EXIT_SOME_FAILED
-    return EXIT_OK
+            progress.advance(task)
 
-
-def _make_output_dir(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"-o {output}: cannot create the output folder ({e.strerror or e})") from None
-    if not os.access(output, os.W_OK):
-        raise UsageError(f"-o {output}: the output folder is not writable")
+    if progress is None:
+        yield done
+        return
+    with progress:
+        yield done
 
 
 Inputs = Annotated[list[str], typer.Argument(
@@ -248,15 +250,15 @@ EncoderOpt = Annotated[Path | None, typer.Option(
 SammOpt = Annotated[Path | None, typer.Option(
     "--samm", help="SAMM weights: the official net_g_*.pth or a facefix training checkpoint. None are published; "
     "without them a training-free mask is used.")]
-EncoderTypeOpt = Annotated[str, typer.Option("--encoder-type", help="e4e or restyle.")]
+EncoderTypeOpt = Annotated[str, _choice(EncoderType, "--encoder-type", "e4e or restyle.")]
 RestyleItersOpt = Annotated[int, typer.Option("--restyle-iters", help="ReStyle refinement steps.", min=1, max=20)]
-MaskOpt = Annotated[str, typer.Option(
-    "--mask", help="How out-of-domain regions (background, hair, accessories) are found and kept from the input: "
+MaskOpt = Annotated[str, _choice(
+    MaskMode, "--mask", "How out-of-domain regions (background, hair, accessories) are found and kept from the input: "
     "samm (needs --samm), error (smoothed reconstruction error of the unedited inversion), face (everything "
     "outside a feathered landmark face hull), none (pure GAN output), auto (samm if weights are given, else "
     "face; error for --aligned inputs).")]
-MaskFromOpt = Annotated[str, typer.Option(
-    "--mask-from", help="edited: SAMM recomputes flow and mask on each edited pass (as the paper); original: "
+MaskFromOpt = Annotated[str, _choice(
+    MaskFrom, "--mask-from", "edited: SAMM recomputes flow and mask on each edited pass (as the paper); original: "
     "reuse the unedited inversion's (one SAMM pass per photo, then only the generator per edit).")]
 CycleOpt = Annotated[int | None, typer.Option("--cycle-align", help="SAMM alignment cycles, 1-3 (default: the "
                                                                      "checkpoint's, 2).", min=1, max=3)]
@@ -292,370 +294,54 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Full tracebacks.")]
 
 
-@dataclass
-class _RunSpec:
-    """Everything invert and edit share, after parsing."""
-
-    output: Path
-    aligned: bool
-    which_face: str | int
-    paste: bool
-    extras: set[str]
-    mask: str
-    mask_from: str
-    out_res: int
-    seed: int | None
-    overwrite: bool
-    batch_size: int | None  # None: 4 on a GPU, 1 on the CPU
-    cycle_align: int | None
-    latent: Path | None = None
-    variants: list[Any] = field(default_factory=list)  # facefix.edits.Variant; empty for invert
-    sweep: bool = False
-
-
-def _load_pipeline(generator: Path | None, encoder: Path | None, samm: Path | None, encoder_type: str,
-                   restyle_iters: int, device: str, offline: bool, cycle_align: int | None):
+def _run_photos(command: str, inputs: list[str], model: dict[str, Any], options: PhotoOptions, extras: set[str],
+                output: Path, overwrite: bool, shard: str | None, quiet: bool, as_json: bool, debug: bool,
+                edits: Sequence[Variant] = (), latent: Path | None = None) -> int:
+    """invert and edit: load the models once (``model``: from_pretrained's arguments), then
+    ``facefix.batch.PhotoRun`` per input."""
+    from facefix.batch import PhotoRun, safe_label
+    from facefix.photo import check_saved_codes
     from facefix.pipeline import FacefixPipeline
     from facefix.runtime import tune_malloc
 
+    items = _inputs(inputs, shard, output, [safe_label(v.label) for v in edits] if len(edits) > 1 else [])
     tune_malloc()
-    return FacefixPipeline.from_pretrained(generator=generator, encoder=encoder, encoder_type=encoder_type,
-                                           restyle_iters=restyle_iters, device=device,
-                                           offline=True if offline else None, samm=samm, cycle_align=cycle_align)
-
-
-def _check_common(mask: str, mask_from: str, resolution: int, save: str | None) -> set[str]:
-    from facefix.pipeline import MASK_FROM, MASK_MODES
-
-    if mask not in MASK_MODES:
-        raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MASK_MODES)}")
-    if mask_from not in MASK_FROM:
-        raise UsageError(f"--mask-from {mask_from!r}: expected edited or original")
-    if resolution not in (256, 512, 1024):
-        raise UsageError(f"--resolution {resolution}: expected 1024, 512 or 256")
-    return _parse_save(save)
-
-
-def _resolve_mask_mode(pipe, spec: _RunSpec, quiet: bool) -> str:
-    """``auto`` -> samm / face / error, with a one-line notice when no SAMM weights are loaded."""
-    if spec.mask != "auto":
-        pipe.resolve_mask(spec.mask, True)  # checks samm availability up front (usage error, exit 2)
-        return spec.mask
-    if pipe.samm is not None:
-        return "samm"
-    mode = "error" if spec.aligned else "face"
-    if not quiet:
-        _err(f"no SAMM weights (none are published; pass --samm FILE or train them with `facefix train samm`): "
-             f"using the training-free '{mode}' mask (choose with --mask error|face|none)")
-    return mode
-
-
-def _mask_np(out: Any, k: int) -> Any:
-    """Face k's mask of a PipelineOutput as float32 [R,R] (1 = input pixel), or None without a mask."""
-    return None if out.mask is None else out.mask[k, 0].float().cpu().numpy()
-
-
-def _grid(tiles: list[Any], size: int = 256) -> Any:
-    """uint8 [H,W,3] or [H,W] tiles -> one row, each resized to size x size."""
-    import numpy as np
-    from PIL import Image
-
-    row = []
-    for t in tiles:
-        im = Image.fromarray(t).convert("RGB").resize((size, size), Image.BILINEAR)
-        row.append(np.asarray(im))
-    return np.concatenate(row, axis=1)
-
-
-def _save_gif(path: Path, frames: list[Any], ms: int = 250) -> None:
-    """Animated GIF (ping-pong so the sweep loops smoothly), written atomically."""
-    from PIL import Image
-
-    from facefix.image_io import atomic_write
-
-    ims = [Image.fromarray(f) for f in frames]
-    seq = ims + ims[-2:0:-1]
-    atomic_write(path, lambda f: seq[0].save(f, format="GIF", save_all=True, append_images=seq[1:], duration=ms,
-                                             loop=0), what="animation")
-
-
-@dataclass
-class _Loaded:
-    """An input after the CPU-side stages (decode, detect, align), ready for the models."""
-
-    photo: Any
-    alignments: list[Any]
-    crops: list[Any]
-    landmarks: Any  # [n,68,2] crop px, or None when the mask does not need them
-    timings: dict[str, float]
-
-
-@dataclass
-class _Job:
-    """One input of a batch group: its CPU-side data, planned outputs and, once its group ran, its results.
-
-    Per face k and variant j: ``results[j][k]`` uint8 [R,R,3]; ``masks[j][k]`` float [R,R] (1 = input pixel) or
-    None; ``inv_imgs[k]``/``ref_masks[k]`` the unedited rendering (what --save mask and the grid show);
-    ``w_saved[k]`` the inversion [1,L,D]."""
-
-    item: InputFile
-    got: _Loaded
-    tags: list[str]
-    photo_suffix: str
-    planned: list[Path]
-    complete: bool
-    latents: list[Any]
-    timings: dict[str, float] = field(default_factory=dict)
-    results: list[list[Any]] = field(default_factory=list)
-    masks: list[list[Any]] = field(default_factory=list)
-    inv_imgs: list[Any] = field(default_factory=list)
-    ref_masks: list[Any] = field(default_factory=list)
-    w_saved: list[Any] = field(default_factory=list)
-    error: Exception | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.got.crops)
-
-
-def _process(pipe, spec: _RunSpec, mask_mode: str, items: list[InputFile]) -> Callable[[InputFile, InputReport],
-                                                                                       None]:
-    """The per-input job of invert and edit: load, align, encode once, render the inversion and every edit
-    variant, paste back, write. Outputs are planned first, so existing ones are skipped and inputs never
-    overwritten.
-
-    Batching: inputs are taken in consecutive groups of ``--batch-size`` (by position in the input list), and
-    the faces of a group are encoded and rendered together, up to ``batch_size`` faces per model call. Batched
-    float arithmetic differs from batch 1 in the last bits, so groups depend only on the input list: a group with
-    any work left is computed whole (its finished inputs are recomputed, not rewritten), and a resumed run writes
-    the same bytes as an uninterrupted one.
-
-    Decoding, detection and alignment of the next inputs run in a background thread while the models work on the
-    current group (PIL, dlib's C++ and torch release the GIL); only that thread uses the dlib detector."""
-    import numpy as np
-    import torch
-
-    from facefix.align import FaceDetector, align_face, detect_faces, paste_back
-    from facefix.batch import safe_label
-    from facefix.edits import apply_edits
-    from facefix.image_io import load_image, save_image, suffix_for, to_uint8
-    from facefix.latents import load_latent, save_latent
-    from facefix.pipeline import Inversion, PipelineOutput
-
-    out = spec.output
-    editing = bool(spec.variants)
-    variants = spec.variants or [None]
-    labels = [safe_label(v.label) for v in variants] if spec.sweep else [""]
-    extra_files = {"aligned": ".aligned.png", "mask": ".mask.png", "latent": ".latent.pt", "grid": ".grid.png"}
-    size = spec.batch_size or 1
-    detector_box: list[FaceDetector] = []
-    position = {item: i for i, item in enumerate(items)}
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facefix-load")
-    pending: dict[InputFile, Future] = {}
-    group_jobs: dict[int, dict[InputFile, _Job | Exception]] = {}
-
-    def detector() -> FaceDetector:
-        if not detector_box:
-            detector_box.append(FaceDetector())
-        return detector_box[0]
-
-    def load(item: InputFile) -> _Loaded:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        photo = load_image(item.path)
-        t1 = time.perf_counter()
-        timings["load"] = round(t1 - t0, 3)
-        landmarks = None
-        if spec.aligned:
-            alignments, crops = [None], [_as_aligned_crop(photo.rgb, item.path)]
-            if mask_mode == "face":
-                landmarks = np.stack([detect_faces(c, detector(), "best", f"{item.path} (aligned crop)")[0]
-                                      .landmarks for c in crops])
-        else:
-            found = detect_faces(photo.rgb, detector(), spec.which_face, str(item.path))
-            alignments = [align_face(photo.rgb, f) for f in found]
-            crops = [a.crop for a in alignments]
-            if mask_mode == "face":
-                landmarks = np.stack([a.crop_landmarks() for a in alignments])
-        timings["detect"] = round(time.perf_counter() - t1, 3)
-        return _Loaded(photo, alignments, crops, landmarks, timings)
-
-    def loaded(item: InputFile) -> _Loaded:
-        """This input's CPU stages (already running if prefetched); starts those of the next ``size`` inputs."""
-        fut = pending.pop(item, None) or pool.submit(load, item)
-        at = position[item]
-        for nxt in items[at + 1: at + 1 + size]:
-            if nxt not in pending:
-                pending[nxt] = pool.submit(load, nxt)
-        return fut.result()
-
-    def face_path(job: _Job, k: int, suffix: str) -> Path:
-        return Path(f"{out / job.item.key}{job.tags[k]}{suffix}")
-
-    def main_path(job: _Job, k: int, j: int) -> Path:
-        lab = f"_{labels[j]}" if spec.sweep else ""
-        return Path(f"{out / job.item.key}{lab}{job.photo_suffix}") if spec.paste else face_path(job, k, f"{lab}.png")
-
-    def plan(item: InputFile) -> _Job:
-        """Load an input, name its outputs, read its saved codes (--latent)."""
-        got = loaded(item)
-        n = len(got.crops)
-        tags = [f"_face{spec.which_face if isinstance(spec.which_face, int) else k}" if n > 1 or
-                isinstance(spec.which_face, int) else "" for k in range(n)]
-        job = _Job(item, got, tags, suffix_for(got.photo), [], False, [], dict(got.timings))
-        planned = sorted({main_path(job, k, j) for k in range(n) for j in range(len(variants))}, key=str)
-        for key, suffix in extra_files.items():
-            if key in spec.extras and not (key == "aligned" and spec.aligned):
-                planned += [face_path(job, k, suffix) for k in range(n)]
-        if spec.sweep:
-            planned += [face_path(job, k, suffix) for suffix in (".sweep.png", ".sweep.gif") for k in range(n)]
-        if any(p.resolve() == item.path.resolve() for p in planned):
-            raise UsageError(f"{item.path}: an output would overwrite the input; choose another -o")
-        job.planned, job.complete = planned, all(p.exists() for p in planned)
-        if spec.latent is not None:
-            src = spec.latent if spec.latent.is_file() else None
-            for k in range(n):
-                f = src or spec.latent / f"{item.key}{tags[k]}{extra_files['latent']}"
-                w = load_latent(f, pipe.generator.n_latent, pipe.generator.style_dim)
-                if w.shape[0] != 1:
-                    raise InputError(f"{f}: holds {w.shape[0]} codes, expected 1 per face")
-                job.latents.append(w)
-        job.results, job.masks = [[None] * n for _ in variants], [[None] * n for _ in variants]
-        job.inv_imgs, job.ref_masks, job.w_saved = [None] * n, [None] * n, [None] * n
-        return job
-
-    def compute(chunk: list[tuple[_Job, int]]) -> None:
-        """Encode and render faces (job, k) as one batch; fills the jobs' results and encode/render timings."""
-        x, x256 = pipe.prepare([job.got.crops[k] for job, k in chunk])
-        lms = None if mask_mode != "face" else np.stack([job.got.landmarks[k] for job, k in chunk])
-        t0 = time.perf_counter()
-        if spec.latent is not None:
-            feats = pipe.encode(x256, return_features=True).features if mask_mode == "samm" else {}
-            inv = Inversion(torch.cat([job.latents[k] for job, k in chunk]).to(pipe.device), feats)
-        else:
-            inv = pipe.encode(x256)
-        t1 = time.perf_counter()
-        rng = torch.Generator().manual_seed(spec.seed) if spec.seed is not None else None
-        need_ref = not editing or spec.mask_from == "original" or mask_mode == "error" or \
-            "grid" in spec.extras or "mask" in spec.extras
-        ref = pipe.render(x, inv, mask=mask_mode, landmarks=lms, generator=rng, out_res=spec.out_res,
-                          cycle_align=spec.cycle_align) if need_ref else None
-        reuse = ref if (spec.mask_from == "original" or mask_mode == "error") else None
-        outs: list[PipelineOutput] = []
-        for v in variants:
-            if v is None:
-                assert ref is not None
-                outs.append(ref)
-                continue
-            if rng is not None:
-                rng.manual_seed(spec.seed)  # the same noise for every variant: only the edit differs
-            outs.append(pipe.render(x, inv, w_plus=apply_edits(inv.w_plus, v.edits), mask=mask_mode,
-                                    reference=reuse, landmarks=lms, generator=rng, out_res=spec.out_res,
-                                    cycle_align=spec.cycle_align, style_edits=v.edits))
-        t2 = time.perf_counter()
-        for i, (job, k) in enumerate(chunk):
-            for stage, dt in (("encode", t1 - t0), ("render", t2 - t1)):  # a batch's time, shared per face
-                job.timings[stage] = round(job.timings.get(stage, 0.0) + dt / len(chunk), 3)
-            if ref is not None:
-                job.inv_imgs[k], job.ref_masks[k] = to_uint8(ref.image[i].cpu()), _mask_np(ref, i)
-            for j, o in enumerate(outs):
-                job.results[j][k], job.masks[j][k] = to_uint8(o.image[i].cpu()), _mask_np(o, i)
-            job.w_saved[k] = inv.w_plus[i:i + 1].cpu()
-
-    def run_group(g: int) -> dict[InputFile, _Job | Exception]:
-        """Plan every input of group g and, unless all are finished, compute all their faces in batches.
-        Errors stay with their input (a failed model batch fails the inputs it held), raised at its turn."""
-        jobs: dict[InputFile, _Job | Exception] = {}
-        for item in items[g * size:(g + 1) * size]:
-            try:
-                jobs[item] = plan(item)
-            except Exception as e:  # noqa: BLE001 - reported when this input's turn comes
-                jobs[item] = e
-        live = [j for j in jobs.values() if isinstance(j, _Job)]
-        if spec.overwrite or not all(j.complete for j in live):
-            faces = [(j, k) for j in live for k in range(j.n)]
-            for lo in range(0, len(faces), size):
-                try:
-                    compute(faces[lo:lo + size])
-                except Exception as e:  # noqa: BLE001
-                    for j, _ in faces[lo:lo + size]:
-                        j.error = e
-        return jobs
-
-    def work(item: InputFile, rep: InputReport) -> None:
-        g = position[item] // size
-        if g not in group_jobs:
-            group_jobs.clear()  # the previous group is written: free its images
-            group_jobs[g] = run_group(g)
-        job = group_jobs[g][item]
-        if isinstance(job, Exception):
-            raise job
-        rep.timings.update(job.timings)
-        rep.faces, rep.outputs = job.n, [str(p) for p in job.planned]
-        if not spec.overwrite and job.complete:
-            rep.status = "skipped"
-            return
-        if job.error is not None:
-            raise job.error
-        photo, crops, n = job.got.photo, job.got.crops, job.n
-        (out / item.key).parent.mkdir(parents=True, exist_ok=True)
-        with rep.stage("write"):
-            for j in range(len(variants)):
-                if spec.paste:
-                    # paste only where the face came from the generator: the photo keeps its own pixels elsewhere
-                    keep = [None if m is None else 1.0 - m for m in job.masks[j]]
-                    save_image(main_path(job, 0, j), paste_back(photo.rgb, job.results[j], job.got.alignments, keep),
-                               like=photo)
-                else:
-                    for k in range(n):
-                        save_image(main_path(job, k, j), job.results[j][k])
-            for k in range(n):
-                if "aligned" in spec.extras and not spec.aligned:
-                    save_image(face_path(job, k, ".aligned.png"), crops[k])
-                if "latent" in spec.extras:
-                    save_latent(face_path(job, k, ".latent.pt"), job.w_saved[k])
-                m = job.ref_masks[k] if job.inv_imgs[k] is not None else job.masks[0][k]
-                m_img = np.zeros(crops[k].shape[:2], np.uint8) if m is None else \
-                    np.clip(np.round(m * 255), 0, 255).astype(np.uint8)
-                if "mask" in spec.extras:
-                    save_image(face_path(job, k, ".mask.png"), np.repeat(m_img[..., None], 3, axis=2))
-                if "grid" in spec.extras:
-                    tiles = [crops[k], job.inv_imgs[k], m_img] + ([job.results[j][k] for j in range(len(variants))]
-                                                                 if editing else [])
-                    save_image(face_path(job, k, ".grid.png"), _grid(tiles))
-                if spec.sweep:
-                    frames = [_grid([job.results[j][k]]) for j in range(len(variants))]
-                    save_image(face_path(job, k, ".sweep.png"), np.concatenate(frames, axis=1))
-                    _save_gif(face_path(job, k, ".sweep.gif"), frames)
-
-    return work
-
-
-def _run(command: str, inputs: list[str], spec: _RunSpec, model: dict[str, Any], shard: str | None, quiet: bool,
-         as_json: bool, debug: bool) -> int:
-    from facefix.batch import remove_stale_temps, safe_label
-
-    items = _inputs(inputs, shard, spec.output, [safe_label(v.label) for v in spec.variants] if spec.sweep else [])
-    _make_output_dir(spec.output)
-    remove_stale_temps(spec.output, items)
-    pipe = _load_pipeline(**model)
-    if spec.variants:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
+    pipe = FacefixPipeline.from_pretrained(**model)
+    if edits:  # text edits: fs3 must fit this generator; a usage error before any photo is tried
         try:
-            pipe.style_offsets(spec.variants[0].edits)
+            pipe.style_offsets(edits[0].edits)
         except InputError as e:
             raise UsageError(str(e)) from None
-    spec.out_res = min(spec.out_res, pipe.generator.size)
-    spec.batch_size = spec.batch_size or (1 if pipe.device.type == "cpu" else 4)
-    mask_mode = _resolve_mask_mode(pipe, spec, quiet)
-    if spec.latent is not None and mask_mode == "samm" and pipe.encoder_type != "e4e":
-        raise UsageError("--latent with SAMM needs --encoder-type e4e (ReStyle's SAMM features depend on its "
-                         "iterations, which a saved code does not record)")
-    work = _process(pipe, spec, mask_mode, items)
-    options = {"aligned": spec.aligned, "face": str(spec.which_face), "encoder_type": pipe.encoder_type,
-               "mask": mask_mode, "mask_from": spec.mask_from, "samm": str(model["samm"]) if model["samm"] else None,
-               "device": str(pipe.device), "resolution": spec.out_res, "seed": spec.seed, "shard": shard,
-               "edits": [v.label for v in spec.variants], "debug": debug}
-    return _run_inputs(items, spec.output, work, quiet, as_json, command, options)
+    opts = options.for_pipeline(pipe)  # checks --mask samm against the loaded weights (usage error, exit 2)
+    if options.mask == MaskMode.auto and pipe.samm is None and not quiet:
+        _err(f"no SAMM weights (none are published; pass --samm FILE or train them with `facefix train samm`): "
+             f"using the training-free '{opts.mask}' mask (choose with --mask error|face|none)")
+    if latent is not None:
+        try:
+            check_saved_codes(pipe, opts)
+        except UsageError as e:
+            raise UsageError(f"--latent with --encoder-type {pipe.encoder_type}: {e}") from None
+    report = {"aligned": opts.aligned, "face": str(opts.face), "encoder_type": pipe.encoder_type,
+              "mask": str(opts.mask), "mask_from": str(opts.mask_from),
+              "samm": str(model["samm"]) if model["samm"] else None, "device": str(pipe.device),
+              "resolution": opts.out_res, "seed": opts.seed, "shard": shard, "edits": [v.label for v in edits],
+              "debug": debug}
+    with PhotoRun(pipe, items, opts, edits, output, extras, overwrite, latent) as work:
+        return _run_inputs(command, report, items, output, work, quiet, as_json, debug)
+
+
+def _photo_options(aligned: bool, face: str, no_paste_back: bool, mask: str, mask_from: str, resolution: int,
+                   seed: int | None, cycle_align: int | None, batch_size: int | None,
+                   save: str | None) -> tuple[PhotoOptions, set[str]]:
+    """The options invert and edit share, checked: (photo options, --save items)."""
+    from facefix.photo import PhotoOptions
+
+    mask, mask_from = _chosen(MaskMode, mask, "--mask"), _chosen(MaskFrom, mask_from, "--mask-from")
+    if resolution not in (256, 512, 1024):
+        raise UsageError(f"--resolution {resolution}: expected 1024, 512 or 256")
+    extras = _parse_save(save)
+    return PhotoOptions(_parse_face(face), aligned, not no_paste_back, mask, mask_from, resolution, seed,
+                        cycle_align, batch_size), extras
 
 
 @app.command()
@@ -666,9 +352,9 @@ def invert(
     generator: GeneratorOpt = None,
     encoder: EncoderOpt = None,
     samm: SammOpt = None,
-    encoder_type: EncoderTypeOpt = "e4e",
+    encoder_type: EncoderTypeOpt = EncoderType.e4e,
     restyle_iters: RestyleItersOpt = 5,
-    mask: MaskOpt = "auto",
+    mask: MaskOpt = MaskMode.auto,
     cycle_align: CycleOpt = None,
     device: DeviceOpt = "auto",
     resolution: ResolutionOpt = 1024,
@@ -693,12 +379,12 @@ def invert(
     records every input. Exit code 0: all ok; 1: some inputs failed; 2: usage error; 3: internal error.
     """
     with _errors_to_exit(debug):
-        extras = _check_common(mask, "edited", resolution, save)
-        spec = _RunSpec(output, aligned, _parse_face(face), not (aligned or no_paste_back), extras, mask, "edited",
-                        resolution, seed, overwrite, batch_size, cycle_align)
-        model = {"generator": generator, "encoder": encoder, "samm": samm, "encoder_type": encoder_type,
-                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
-        code = _run("invert", inputs, spec, model, shard, quiet, as_json, debug)
+        options, extras = _photo_options(aligned, face, no_paste_back, mask, MaskFrom.edited, resolution, seed,
+                                         cycle_align, batch_size, save)
+        model = {"generator": generator, "encoder": encoder, "samm": samm,
+                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
+                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
+        code = _run_photos("invert", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug)
     raise typer.Exit(code)
 
 
@@ -749,10 +435,10 @@ def edit(
     generator: GeneratorOpt = None,
     encoder: EncoderOpt = None,
     samm: SammOpt = None,
-    encoder_type: EncoderTypeOpt = "e4e",
+    encoder_type: EncoderTypeOpt = EncoderType.e4e,
     restyle_iters: RestyleItersOpt = 5,
-    mask: MaskOpt = "auto",
-    mask_from: MaskFromOpt = "edited",
+    mask: MaskOpt = MaskMode.auto,
+    mask_from: MaskFromOpt = MaskFrom.edited,
     cycle_align: CycleOpt = None,
     device: DeviceOpt = "auto",
     resolution: ResolutionOpt = 1024,
@@ -777,7 +463,8 @@ def edit(
     as for `facefix invert`. `facefix directions list` explains every edit's values and useful ranges.
     """
     with _errors_to_exit(debug):
-        extras = _check_common(mask, mask_from, resolution, save)
+        options, extras = _photo_options(aligned, face, no_paste_back, mask, mask_from, resolution, seed,
+                                         cycle_align, batch_size, save)
         from facefix.edits import build_edits
 
         try:
@@ -791,11 +478,11 @@ def edit(
                              "(see `facefix directions list`)")
         if latent is not None and not latent.exists():
             raise UsageError(f"--latent {latent}: no such file or folder")
-        spec = _RunSpec(output, aligned, _parse_face(face), not (aligned or no_paste_back), extras, mask, mask_from,
-                        resolution, seed, overwrite, batch_size, cycle_align, latent, variants, len(variants) > 1)
-        model = {"generator": generator, "encoder": encoder, "samm": samm, "encoder_type": encoder_type,
-                 "restyle_iters": restyle_iters, "device": device, "offline": offline, "cycle_align": cycle_align}
-        code = _run("edit", inputs, spec, model, shard, quiet, as_json, debug)
+        model = {"generator": generator, "encoder": encoder, "samm": samm,
+                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
+                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
+        code = _run_photos("edit", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug,
+                           variants, latent)
     raise typer.Exit(code)
 
 
@@ -820,14 +507,6 @@ def directions_list(as_json: JsonOpt = False) -> None:
                        f"{r.rows:<21} {r.value}{mark}")
 
 
-def _parse_face(face: str) -> str | int:
-    if face in ("best", "all"):
-        return face
-    if face.isdigit():
-        return int(face)
-    raise UsageError(f"--face {face!r}: expected best, all or a face number N (0-based, left to right)")
-
-
 @app.command()
 def align(
     inputs: Inputs,
@@ -847,40 +526,13 @@ def align(
     crop_from_photo / photo_from_crop matrices, (x, y) pixel coordinates), K = 0, 1, ... left to right.
     """
     with _errors_to_exit(debug):
+        from facefix.batch import AlignRun
+
         which_face = _parse_face(face)
         items = _inputs(inputs, shard, output)
-        _make_output_dir(output)
-        from facefix.batch import remove_stale_temps
-
-        remove_stale_temps(output, items)
-        from facefix.align import FaceDetector, align_face, detect_faces
-        from facefix.image_io import atomic_write_bytes, load_image, save_image
-
-        detector = FaceDetector()
-
-        def work(item: InputFile, rep: InputReport) -> None:
-            with rep.stage("load"):
-                rgb = load_image(item.path).rgb
-            with rep.stage("detect"):
-                found = detect_faces(rgb, detector, which_face, str(item.path))
-            rep.faces = len(found)
-            for k, f in enumerate(found):
-                k_out = which_face if isinstance(which_face, int) else k
-                crop_path = output / f"{item.key}_face{k_out}.png"
-                json_path = crop_path.with_suffix(".json")
-                rep.outputs += [str(crop_path), str(json_path)]
-                if not overwrite and crop_path.exists() and json_path.exists():
-                    continue
-                with rep.stage("align"):
-                    a = align_face(rgb, f, output_size=size)
-                crop_path.parent.mkdir(parents=True, exist_ok=True)
-                with rep.stage("write"):
-                    save_image(crop_path, a.crop, compress_level=1)  # zlib 4 was most of align's time
-                    atomic_write_bytes(json_path, json.dumps({"input": str(item.path), **a.to_dict()},
-                                                             indent=1).encode())
-
-        code = _run_inputs(items, output, work, quiet, as_json, "align", {"face": face, "size": size,
-                                                                           "shard": shard})
+        work = AlignRun(output, which_face, size, overwrite)
+        code = _run_inputs("align", {"face": face, "size": size, "shard": shard}, items, output, work, quiet,
+                           as_json, debug)
     raise typer.Exit(code)
 
 
@@ -960,15 +612,42 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
 
 
 @weights_app.command("download")
-def weights_download(names: Annotated[list[str] | None, typer.Argument(help="Entries (default: every "
-                                                                      "downloadable one).")] = None,
+def weights_download(names: Annotated[list[str] | None, typer.Argument(
+                         help="Entries (default: every downloadable one that inference uses).")] = None,
                      debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks.")] = False) -> None:
-    """Download into the Hugging Face cache (HF_HOME) and verify sha256."""
+    """Download into the Hugging Face cache (HF_HOME) and verify sha256. Without names: the files invert and edit
+    use (generator, encoder, edit directions, landmarks); the training-only ones (purpose "training" in `facefix
+    weights list`: ir_se50, vgg19) only when named."""
     with _errors_to_exit(debug):
         from facefix import weights
 
-        for name, path in weights.download(names or None).items():
+        with _download_progress() as progress:
+            paths = weights.download(names or None, progress=progress)
+        for name, path in paths.items():
             typer.echo(f"{name}: {path}")
+
+
+@contextmanager
+def _download_progress() -> Iterator[ProgressCallback | None]:
+    """A progress callback for URL downloads: a rich bar per file on a terminal, None (silent) otherwise. Hub
+    downloads show huggingface_hub's own bar."""
+    if not _terminal():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True))
+    tasks: dict[str, Any] = {}
+
+    def update(name: str, done: int, total: int | None) -> None:
+        if name not in tasks:
+            tasks[name] = bars.add_task(name, total=total)
+        bars.update(tasks[name], completed=done, total=total)
+
+    with bars:
+        yield update
 
 
 @weights_app.command("verify")
@@ -993,19 +672,6 @@ def weights_path(name: Annotated[str, typer.Argument(help="Entry name (see `face
         if name not in weights.load_manifest().names():
             raise UsageError(f"unknown weights entry {name!r} (see `facefix weights list`)")
         typer.echo(str(weights.path(name)))
-
-
-def _as_aligned_crop(rgb, path: Path):
-    """An --aligned input as a 1024 crop: square required; other sizes resized with LANCZOS."""
-    import numpy as np
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    if h != w:
-        raise UsageError(f"{path}: --aligned inputs must be square FFHQ crops, got {w}x{h}")
-    if h == 1024:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((1024, 1024), Image.LANCZOS))
 
 
 def main() -> None:

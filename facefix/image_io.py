@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -336,6 +336,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object], what: str = "f
         pass
 
 
+def save_gif(path: str | os.PathLike, frames: Sequence[np.ndarray], ms: int = 250) -> None:
+    """An animated GIF that loops: frames uint8 [H,W,3], ``ms`` each; written atomically."""
+    ims = [Image.fromarray(f) for f in frames]
+    atomic_write(Path(path), lambda f: ims[0].save(f, format="GIF", save_all=True, append_images=ims[1:],
+                                                   duration=ms, loop=0), what="animation")
+
+
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)\.tmp", re.DOTALL)
 
 
@@ -374,13 +381,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(Path(path), lambda f: f.write(data))
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 [H,W,3] in [0,255] -> float32 [1,3,H,W] in [-1,1] (x / 127.5 - 1)."""
+def image_batch(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 RGB images (one [H,W,3], a list of same-size ones, or a stack [N,H,W,3]) -> uint8 [N,H,W,3]."""
+    if isinstance(images, np.ndarray):
+        arr = images.reshape(1, *images.shape) if images.ndim == 3 else images
+    else:
+        arr = np.stack([np.asarray(im) for im in images])
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+        raise InputError(f"expected uint8 RGB images [H,W,3], got {arr.dtype} {list(arr.shape[1:])}")
+    return arr
+
+
+def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 RGB in [0,255] (see :func:`image_batch`) -> float32 [N,3,H,W] in [-1,1]: x / 127.5 - 1.
+
+    For all 256 levels this is bit-identical to the official SAMM script's ``(u8 / 255 - 0.5) * 2`` (float64,
+    then float32), so blended input pixels equal the reference's.
+    """
     import torch
 
-    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, f"need uint8 [H,W,3], {rgb.shape}"
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
-    return t.div_(127.5).sub_(1.0)
+    x = torch.from_numpy(np.ascontiguousarray(image_batch(images))).permute(0, 3, 1, 2)  # [N,3,H,W] uint8
+    return x.float().div_(127.5).sub_(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

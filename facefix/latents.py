@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from facefix.errors import InputError
+from facefix.errors import InputError, WeightsError
 from facefix.image_io import atomic_write_bytes
+from facefix.weights import safe_torch_load
 
 
 def save_latent(path: str | Path, w_plus: Tensor) -> None:
@@ -28,12 +29,12 @@ def save_latent(path: str | Path, w_plus: Tensor) -> None:
 
 def load_latent(path: str | Path, n_latent: int = 18, style_dim: int = 512) -> Tensor:
     """Read a W+ file -> float32 [N,n_latent,style_dim]; one-line InputError for anything else."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such latent file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such latent file") from None
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad input file
-        raise InputError(f"{path}: not a readable latent .pt file ({type(err).__name__})") from err
+        obj = safe_torch_load(path)
+    except WeightsError as err:  # same one-line message, but a latent file is an input, not a checkpoint
+        raise InputError(str(err).replace("checkpoint", "latent file")) from err
     if isinstance(obj, dict):
         obj = next((obj[k] for k in ("w_plus", "latent", "latents") if k in obj), None)
     if not isinstance(obj, Tensor):

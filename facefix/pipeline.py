@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from facefix import edits, styleclip
+from facefix.config import EncoderType, MaskMode
 from facefix.errors import FacefixError, UsageError
+from facefix.image_io import image_batch, to_tensor
 from facefix.masks import error_mask, face_mask
 from facefix.models.encoders import Encoder4Editing, ReStyleEncoder, face_pool, restyle_invert
 from facefix.models.samm import ENCODER_MODES, SAMM, SAMMTrace, blend, compose_mask
@@ -38,9 +40,6 @@ from facefix.runtime import mmap_large_blocks
 ENCODER_RES = 256
 OFFICIAL_SAMM_RES = 1024
 """The official SAMM script resizes every crop to this size (bilinear, no antialias) before its model."""
-ENCODER_TYPES = ("e4e", "restyle")
-MASK_MODES = ("auto", "samm", "error", "face", "none")
-MASK_FROM = ("edited", "original")
 
 
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
@@ -76,25 +75,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _as_list(crops: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    if isinstance(crops, np.ndarray) and crops.ndim == 3:
-        return [crops]
-    return list(crops)
-
-
-def faces_to_tensor(crops: Sequence[np.ndarray] | np.ndarray) -> Tensor:
-    """uint8 RGB crops [S,S,3] (one or a list) -> float32 [N,3,S,S] in [-1,1].
-
-    Computed as the official SAMM script does (``u8 / 255`` in float64, cast to float32, then ``(v - 0.5) * 2``),
-    so the blended input pixels are bit-identical to the reference's.
-    """
-    arr = np.stack([np.ascontiguousarray(c) for c in _as_list(crops)])
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
-        raise UsageError(f"expected uint8 RGB crops [S,S,3], got {arr.dtype} {list(arr.shape[1:])}")
-    x = torch.from_numpy((arr.astype(np.float64) / 255).astype(np.float32)).permute(0, 3, 1, 2)
-    return (x - 0.5) * 2
-
-
 def _bilinear_256(x: Tensor) -> Tensor:
     """[N,3,S,S] -> [N,3,256,256], bilinear without antialias (the official SAMM code's encoder input)."""
     return F.interpolate(x, size=(ENCODER_RES, ENCODER_RES), mode="bilinear", align_corners=False)
@@ -111,14 +91,13 @@ def encoder_input(crops: Sequence[np.ndarray] | np.ndarray, resize: str = "pil")
     from PIL import Image
 
     if resize == "bilinear":
-        return _bilinear_256(faces_to_tensor(crops))
+        return _bilinear_256(to_tensor(crops))
     if resize != "pil":
         raise ValueError(f"resize must be pil or bilinear, got {resize!r}")
-    out = []
-    for crop in _as_list(crops):
-        small = Image.fromarray(np.ascontiguousarray(crop)).resize((ENCODER_RES, ENCODER_RES), Image.BILINEAR)
-        out.append(torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1))
-    return torch.stack(out) / 127.5 - 1.0
+    small = [np.asarray(Image.fromarray(crop).resize((ENCODER_RES, ENCODER_RES), Image.BILINEAR))
+             for crop in np.ascontiguousarray(image_batch(crops))]
+    # contiguous NCHW: the layout this path has always fed the encoder, whose convolutions round by layout
+    return to_tensor(small).contiguous()
 
 
 @dataclass
@@ -223,8 +202,8 @@ class FacefixPipeline:
         """
         from facefix import checkpoints, weights
 
-        if encoder_type not in ENCODER_TYPES:
-            raise UsageError(f"--encoder-type {encoder_type!r}: expected one of {', '.join(ENCODER_TYPES)}")
+        if encoder_type not in EncoderType.values():
+            raise UsageError(f"--encoder-type {encoder_type!r}: expected one of {', '.join(EncoderType)}")
         dev = resolve_device(device)
         enc_name = "e4e" if encoder_type == "e4e" else "restyle_e4e"
         enc_path = weights.resolve(enc_name, override=encoder, offline=offline)
@@ -262,7 +241,7 @@ class FacefixPipeline:
 
     def prepare(self, crops: Sequence[np.ndarray] | np.ndarray) -> tuple[Tensor, Tensor]:
         """uint8 crops -> (x [N,3,S,S] in [-1,1] for blending, x256 [N,3,256,256] for the encoder), on device."""
-        x = faces_to_tensor(crops)
+        x = to_tensor(crops)
         x256 = _bilinear_256(self._official_resize(x)) if self.input_resize == "bilinear" else \
             encoder_input(crops, "pil")
         return x.to(self.device), x256.to(self.device)
@@ -318,8 +297,8 @@ class FacefixPipeline:
 
     def resolve_mask(self, mask: str, have_landmarks: bool) -> str:
         """``auto`` -> ``samm`` with SAMM weights, else ``face`` with landmarks, else ``error``; checks the others."""
-        if mask not in MASK_MODES:
-            raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MASK_MODES)}")
+        if mask not in MaskMode.values():
+            raise UsageError(f"--mask {mask!r}: expected one of {', '.join(MaskMode)}")
         if mask == "auto":
             return "samm" if self.samm is not None else "face" if have_landmarks else "error"
         if mask == "samm" and self.samm is None:

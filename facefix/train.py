@@ -56,8 +56,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from facefix import checkpoints, weights
+from facefix.batch import find_images
 from facefix.errors import InputError, UsageError, WeightsError
-from facefix.image_io import atomic_write, atomic_write_bytes, load_image, save_image, to_uint8
+from facefix.image_io import atomic_write, atomic_write_bytes, load_image, save_image, to_tensor, to_uint8
 from facefix.losses import (
     LPIPS,
     IdentityLoss,
@@ -72,7 +73,7 @@ from facefix.losses import (
 from facefix.models.encoders import Encoder4Editing, SmallEncoder
 from facefix.models.samm import ENCODER_MODES, RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
-from facefix.pipeline import encoder_input, faces_to_tensor, resolve_device
+from facefix.pipeline import encoder_input, resolve_device
 
 try:
     import tomllib
@@ -82,7 +83,6 @@ except ModuleNotFoundError:  # Python 3.10
 LogFn = Callable[[str], object]
 TrainEncoder = Encoder4Editing | SmallEncoder
 """Encoders SAMM trains over: e4e, or the small one of test configs and the synthetic benchmark."""
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_KEYS = (32, 64, 128, 256, 1024)
 """Keys of ``mask_area_tau``: the SAMM levels, and 1024 for the composed mask whatever the generator size."""
 STATE_FORMAT = "facefix-samm-train-state"
@@ -276,16 +276,17 @@ def load_config(path: str | os.PathLike[str] | None = None,
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted by path). Raises InputError if there are none."""
+    """Image files under ``folder``, found as ``facefix invert FOLDER`` finds them (:func:`facefix.batch.find_images`).
+    Raises InputError if there are none."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (training needs a folder of FFHQ-aligned faces)")
     try:
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = find_images(root)
     except OSError as err:
         raise InputError(f"{root}: cannot list the folder ({err.strerror or err})") from err
     if not files:
-        raise InputError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
+        raise InputError(f"{root}: no images (JPEG, PNG, WebP, TIFF, BMP) in this folder or below")
     return files
 
 
@@ -318,7 +319,7 @@ class FaceFolder(Dataset):
             rgb = np.asarray(Image.fromarray(rgb).resize((self.size, self.size), Image.BICUBIC))
         if flip:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
-        return faces_to_tensor(rgb)[0], encoder_input(rgb, self.encoder_resize)[0]
+        return to_tensor(rgb)[0], encoder_input(rgb, self.encoder_resize)[0]
 
 
 def _seed(*parts: int) -> int:

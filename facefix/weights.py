@@ -146,6 +146,12 @@ class WeightEntry:
         return self.repo_id is not None and self.url is None
 
     @property
+    def training_only(self) -> bool:
+        """True for files only ``facefix train`` uses (``purpose = "training: ..."``), which :func:`download`
+        skips unless named."""
+        return self.purpose.startswith("training:")
+
+    @property
     def downloadable(self) -> bool:
         """True when facefix may fetch it: pinned with a sha256 and a source, or by its source's commit
         (a Hub revision, or a URL with the git blob id of that commit's file)."""
@@ -746,13 +752,15 @@ def download(
     manifest: Manifest | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Path]:
-    """Fetch and verify ``names`` (default: every downloadable entry) into the cache; ``{name: path}``.
+    """Fetch and verify ``names`` (default: every downloadable entry inference uses, i.e. not
+    :attr:`~WeightEntry.training_only`) into the cache; ``{name: path}``.
 
     Honours ``HF_HUB_OFFLINE`` (then it only verifies what is cached). Path overrides (env vars) are not
     consulted: this fills the cache. Raises :class:`WeightsError` on the first failure.
     """
     man = manifest or load_manifest()
-    entries = [man.get(n) for n in names] if names is not None else [e for e in man if e.downloadable]
+    entries = [man.get(n) for n in names] if names is not None else \
+        [e for e in man if e.downloadable and not e.training_only]
     result: dict[str, Path] = {}
     for entry in entries:
         local = _local(entry)

@@ -352,3 +352,17 @@ def test_loss_weights_come_from_the_manifest_when_on_disk(tmp_path, monkeypatch)
     crit = build_criterion(TrainConfig(), torch.device("cpu"), lines.append)
     assert crit.perceptual is not None and crit.identity is None
     assert len(lines) == 1 and "perceptual" not in lines[0] and "facefix weights download ir_se50" in lines[0]
+
+
+def test_data_folder_finds_images_as_the_cli_does(tmp_path):
+    """Training images are found by content, as `facefix invert FOLDER` finds its inputs."""
+    from facefix.train import list_images
+
+    img = Image.new("RGB", (8, 8))
+    (tmp_path / "a").mkdir()
+    img.save(tmp_path / "a" / "x.png")
+    img.save(tmp_path / "noext", format="PNG")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / ".hidden").mkdir()
+    img.save(tmp_path / ".hidden" / "y.png")
+    assert list_images(tmp_path) == [tmp_path / "a" / "x.png", tmp_path / "noext"]

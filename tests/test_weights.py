@@ -706,3 +706,16 @@ def test_weights_list_marks_commit_pinned_mappers_downloadable(env: Path) -> Non
     lines = {ln.split()[0]: ln for ln in r.output.splitlines() if ln.strip()}
     assert " download " in lines["styleclip_afro"] and " commit " in lines["styleclip_afro"]
     assert " download " in lines["e4e"] and lines["samm"].split()[1] == "-"
+
+
+def test_download_without_names_skips_training_only_files(env: Path, hub: FakeHub) -> None:
+    data, vgg = _payload(), _payload(1000, seed=1)
+    hub.add("gen.pt", data)
+    hub.add("vgg.pt", vgg)
+    man = _manifest(_entry(data), _entry(vgg, name="fakevgg", filename="vgg.pt", purpose="training: perceptual"))
+    assert list(weights.download(manifest=man)) == ["fakegen"]
+    assert hub.count("GET") == 1
+    assert list(weights.download(["fakevgg"], manifest=man)) == ["fakevgg"]  # named: fetched
+    shipped = weights.load_manifest()
+    assert {e.name for e in shipped if e.training_only} == {"ir_se50", "vgg19"}
+    assert {"e4e", "stylegan2"} <= {e.name for e in shipped if e.downloadable and not e.training_only}

@@ -64,13 +64,13 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from facefix import checkpoints
-from facefix.image_io import save_image, to_uint8
+from facefix.image_io import save_image, to_tensor, to_uint8
 from facefix.losses import psnr, ssim, ssim_map, to_unit_u8
 from facefix.masks import error_mask
 from facefix.models.encoders import SmallEncoder
 from facefix.models.samm import SAMM, SAMMTrace, blend, compose_mask
 from facefix.models.stylegan2 import Generator
-from facefix.pipeline import encoder_input, faces_to_tensor
+from facefix.pipeline import encoder_input
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -164,7 +164,7 @@ def train_encoder(g: Generator, w_avg: Tensor, cfg: BenchConfig, log: LogFn) -> 
     training makes it (8-bit image, bilinear to 256 px: ``encoder_input(..., "bilinear")``)."""
     w_pool = sample_w(g, cfg.encoder_pool, _torch_gen(cfg, 2))
     imgs = [img for start in range(0, cfg.encoder_pool, 64) for img in render(g, w_pool[start:start + 64])]
-    x_pool, x256_pool = faces_to_tensor(imgs), encoder_input(imgs, "bilinear")
+    x_pool, x256_pool = to_tensor(imgs), encoder_input(imgs, "bilinear")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         enc = SmallEncoder(g.n_latent, cfg.encoder_width)
@@ -383,7 +383,7 @@ def evaluate(g: Generator, enc: SmallEncoder, w_avg: Tensor, samm: SAMM, test: S
     methods: dict[str, list[tuple[Tensor, Tensor | None]]] = {}
     for start in range(0, len(test.images), 16):
         imgs = list(test.images[start:start + 16])
-        x = faces_to_tensor(imgs)
+        x = to_tensor(imgs)
         true = torch.from_numpy(test.masks[start:start + 16])[:, None].float()
         with torch.no_grad():
             out = enc.encode(encoder_input(imgs, "bilinear"), return_features=True)
@@ -408,7 +408,7 @@ def evaluate(g: Generator, enc: SmallEncoder, w_avg: Tensor, samm: SAMM, test: S
 def score(outputs: Mapping[str, Outputs], test: Split) -> dict[str, dict[str, float]]:
     """Mask and fidelity metrics of every method (the oracle's mask scores are 1 by construction: left out), and
     PSNR outside the occluders on the misaligned images alone."""
-    x = faces_to_tensor(list(test.images))
+    x = to_tensor(list(test.images))
     true = torch.from_numpy(test.masks)[:, None]
     moved = torch.from_numpy(test.misaligned)
     table = {}
@@ -457,7 +457,7 @@ def figure(path: Path, test: Split, outputs: Mapping[str, Outputs], n: int = 6, 
     rows = []
     for i in range(min(n, len(test.images))):
         true = torch.from_numpy(test.masks[i])[None].float()
-        cells = [faces_to_tensor(test.images[i])[0], outputs["encoder only"].images[i], true, samm.mask[i],
+        cells = [to_tensor(test.images[i])[0], outputs["encoder only"].images[i], true, samm.mask[i],
                  samm.images[i], outputs["error mask"].mask[i]]
         rows.append(np.concatenate([tile(c) for c in cells], axis=1))
     grid = np.concatenate(rows, axis=0)
@@ -514,10 +514,10 @@ def _run(cfg: BenchConfig, work: Path, log: LogFn) -> dict[str, object]:
     samm = checkpoints.load_samm(samm_file, g)
     fit = train.images[cfg.n_val:]  # the error mask is tuned on SAMM's training images
     with torch.no_grad():
-        x_fit = faces_to_tensor(list(fit))
+        x_fit = to_tensor(list(fit))
         rec_fit = g.synthesis(enc(encoder_input(list(fit), "bilinear")) + w_avg)
         clean = list(test.clean)
-        clean_psnr = psnr(g.synthesis(enc(encoder_input(clean, "bilinear")) + w_avg), faces_to_tensor(clean))
+        clean_psnr = psnr(g.synthesis(enc(encoder_input(clean, "bilinear")) + w_avg), to_tensor(clean))
     log(f"encoder on the clean held-out images: PSNR {clean_psnr.mean().item():.2f} dB")
     low, high, fit_iou = tune_error_mask(x_fit, rec_fit, torch.from_numpy(train.masks[cfg.n_val:])[:, None])
     log(f"error mask tuned on {len(fit)} training images: low {low}, high {high} (IoU@0.5 {fit_iou:.3f})")
