@@ -2,7 +2,7 @@
 
 Each command parses its options and hands them to the library: :mod:`facefix.photo` edits a photo,
 :mod:`facefix.batch` runs it over the inputs (outputs, groups, prefetch, report). This is the one place where errors
-become lines on stderr and exit codes (``shared/design/cli.md``): 0 every input succeeded, 1 some inputs failed
+become lines on stderr and exit codes: 0 every input succeeded, 1 some inputs failed
 (each reported, the others still written), 2 usage error, 3 internal error (a bug in facefix, not a bad input; the
 run still reports every input), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM, handled like Ctrl-C: files being
 written are removed, finished outputs stay). A :class:`FacefixError` is one line; any other exception is "internal
@@ -241,7 +241,7 @@ Inputs = Annotated[list[str], typer.Argument(
          "read paths from stdin.", show_default=False)]
 OutDir = Annotated[Path, typer.Option("-o", "--output", help="Output folder; created if missing. Outputs keep "
                                       "the inputs' folder structure below it.")]
-# -- model options (shared by invert and edit; names fixed by shared/design/cli.md) --------------------------------
+# -- model options (shared by invert and edit; their names are a stable interface) ---------------------------------
 GeneratorOpt = Annotated[Path | None, typer.Option(
     "--generator", help="StyleGAN2 checkpoint (rosinality .pt). Default: the encoder file's own decoder.")]
 EncoderOpt = Annotated[Path | None, typer.Option(

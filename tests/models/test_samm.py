@@ -50,7 +50,7 @@ def test_state_dict_is_the_official_layout_and_recipe_is_bit_exact(samm):
     layout = json.loads((SAMM_DIR / "layout_samm_e4e.json").read_text())
     entries = layout["samm_entries"]["entries"]
     assert [(k, list(v.shape)) for k, v in samm.state_dict().items()] == [(k, s) for k, s, _ in entries]
-    # spec §1: 43,974,148 trainable officially, 4 of which are the unused noiseInj scalars (buffers here)
+    # the official count is 43,974,148 trainable, 4 of which are the unused noiseInj scalars (buffers here)
     assert sum(p.numel() for p in samm.parameters()) == 43_974_148 - 4
     recipe = json.loads((SAMM_DIR / "recipe_samm_e4e.json").read_text())
     sd = samm.state_dict()
