@@ -400,7 +400,10 @@ def to_tensor(images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(image_batch(images))).permute(0, 3, 1, 2)  # [N,3,H,W] uint8
+    arr = np.ascontiguousarray(image_batch(images))
+    if not arr.flags.writeable:  # torch warns about read-only arrays (e.g. np.asarray of a PIL image); copy uint8
+        arr = arr.copy()
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2)  # [N,3,H,W] uint8
     return x.float().div_(127.5).sub_(1.0)
 
 

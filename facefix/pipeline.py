@@ -224,7 +224,7 @@ class FacefixPipeline:
             samm_model = checkpoints.load_samm(weights.resolve("samm", override=samm, offline=offline), gen,
                                                cycle_align=cycle_align)
             if samm_model.encoder_mode == "official" and encoder_type == "e4e" and gen_avg is not None:
-                # The official SAMM code adds the generator file's [512] latent_avg to the e4e codes (spec §6.2).
+                # The official SAMM code adds the generator file's [512] latent_avg to the e4e codes.
                 # For the published files it equals e4e's; when a --generator is given, follow the official code.
                 latent_avg = gen_avg.reshape(1, -1).expand(gen.n_latent, -1).clone()
         return cls(gen, loaded.encoder, latent_avg, restyle_iters, samm_model).to(dev)

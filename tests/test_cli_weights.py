@@ -29,7 +29,7 @@ def test_url_download_shows_a_bar_on_a_terminal_only(tmp_path, monkeypatch):
     assert r.output.strip() == f"fakeage: {cached}" and cached.read_bytes() == data
 
     cached.unlink()
-    monkeypatch.setattr(cli, "_terminal", lambda: True)
+    monkeypatch.setattr(cli.core, "_terminal", lambda: True)
     r = run("weights", "download", "fakeage")
     assert r.exit_code == 0, r.output
     assert "fakeage" in r.output and "━" in r.output and "307.2" in r.output  # bar, bytes done (307.2 kB)

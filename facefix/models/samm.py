@@ -3,7 +3,7 @@
 The module tree *is* the official checkpoint's ``params_ema`` layout (``feats_conv.{0..3}``,
 ``modulation.{0..3}.alignment.body.body.{0,1}.*``), so an official ``net_g_<iter>.pth`` loads strictly once its
 swept-in ``generator.*`` keys are set aside (``facefix.checkpoints.load_samm``). The forward pass follows
-``shared/research/samm_spec.md`` §2.6-2.7, including the quirks the trained weights depend on: the non-identity
+the official code (AbnerVictor/OOD-GAN-inversion), including the quirks the trained weights depend on: the non-identity
 zero-flow grid (``linspace(-1, 1, r)`` sampled with ``align_corners=False``), the zero-padded asymmetric blur, and the
 bicubic ``align_corners=True`` fusion of the coarser mask.
 
@@ -12,7 +12,7 @@ Where it sits: the generator's up-sampling convs at 32, 64, 128 and 256 px hand 
 follow as usual) and records its align tensor (dx, dy, alpha). The four alphas compose to a 1024 mask A, and the
 output is ``A * x + (1 - A) * G_samm`` (alpha = 1: out-of-domain, the input's pixels are kept).
 
-Index conventions (spec §2.5): ``modulation`` index 0..3 <-> resolution 256, 128, 64, 32; ``feats_conv`` index
+Index conventions (the official code's): ``modulation`` index 0..3 <-> resolution 256, 128, 64, 32; ``feats_conv`` index
 i projects the encoder tap ``FEATURE_TAPS[i]`` to that same resolution.
 
 Dimension letters: N batch, C channels of a level (512, 512, 256, 128 for 32..256 px), r the level's resolution.
@@ -41,7 +41,7 @@ ENCODER_MODES = {
     "official": {"fpn_upsample": "bicubic", "input_resize": "bilinear"},  # the SAMM repository's vendored e4e
     "e4e": {"fpn_upsample": "bilinear", "input_resize": "pil"},  # encoder4editing as published
 }
-"""Encoder modes a SAMM checkpoint can be trained with (spec §2.3, golden/samm README (g1))."""
+"""Encoder modes a SAMM checkpoint can be trained with (the official code's ``encoder_mode``)."""
 
 
 def generator_channels(channel_multiplier: int = 2, channel_max: int = 512) -> dict[int, int]:
@@ -132,7 +132,7 @@ class AlignNet(nn.Module):
 
 
 class SAMMBlur(nn.Module):
-    """outer([1,3,3,1])/64 FIR, zero padding (2, 1): same size out, attenuated at the top/left borders (spec §2.6)."""
+    """outer([1,3,3,1])/64 FIR, zero padding (2, 1): same size out, attenuated at the top/left borders."""
 
     def __init__(self):
         super().__init__()
@@ -349,7 +349,7 @@ class SAMM(nn.Module):
 
 
 def compose_mask(aligns: Mapping[int, Tensor], size: int = 1024) -> Tensor:
-    """The final invertibility mask A from the per-level alphas (spec §2.7).
+    """The final invertibility mask A from the per-level alphas (as the official code composes it).
 
     Bilinear (``align_corners=False``) up-sampling of each alpha to ``size``, then A <- up(alpha_32) and
     A <- A * (up(alpha_r) + 1 - A) for r = 64, 128, 256; clipped to [0,1] once at the end.

@@ -10,11 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facefix.models.encoders import Encoder4Editing
 from facefix.models.samm import RESOLUTIONS, SAMM, SAMMTrace, blend, compose_mask
-from facefix.pipeline import FacefixPipeline
 from tests.conftest import GOLDEN, assert_channel_views, chstats, crops, golden
-from tests.recipe import fill_module, latent_avg
+from tests.recipe import fill_module
 
 SAMM_DIR = GOLDEN / "samm"
 # the two 1024 input photos (RGB uint8): the aligned grace_hopper and a seeded smooth random image
@@ -41,16 +39,11 @@ def stats_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     assert rel.max() <= 1e-4, what
 
 
-@pytest.fixture(scope="module")
-def samm():
-    return fill_module(SAMM(), "samm").eval().requires_grad_(False)
-
-
 def test_state_dict_is_the_official_layout_and_recipe_is_bit_exact(samm):
     layout = json.loads((SAMM_DIR / "layout_samm_e4e.json").read_text())
     entries = layout["samm_entries"]["entries"]
     assert [(k, list(v.shape)) for k, v in samm.state_dict().items()] == [(k, s) for k, s, _ in entries]
-    # spec §1: 43,974,148 trainable officially, 4 of which are the unused noiseInj scalars (buffers here)
+    # the official count is 43,974,148 trainable, 4 of which are the unused noiseInj scalars (buffers here)
     assert sum(p.numel() for p in samm.parameters()) == 43_974_148 - 4
     recipe = json.loads((SAMM_DIR / "recipe_samm_e4e.json").read_text())
     sd = samm.state_dict()
@@ -90,16 +83,6 @@ def test_unused_official_scalars_do_not_change_outputs(samm):
         blk.weight.copy_(saved[0])  # (x + 0.5) - 0.5 is not x in float32: restore exactly for later tests
         blk.noiseInj.weight.copy_(saved[1])
     assert torch.equal(before, after)
-
-
-@pytest.fixture(scope="module")
-def pipe(g1024, samm):
-    """The golden set-up: g1024 recipe, e4e recipe (the official SAMM encoder mode), avg = g's [512] latent_avg."""
-    enc = fill_module(Encoder4Editing(), "encoder", 5000).eval().requires_grad_(False)
-    avg = latent_avg([512], 900).expand(18, 512).clone()
-    p = FacefixPipeline(g1024, enc, avg, samm=samm)
-    assert enc.fpn_upsample == "bicubic" and p.input_resize == "bilinear"  # picked up from SAMM's encoder mode
-    return p
 
 
 def _check_views(out, d):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import GOLDEN
-from tests.models.test_samm import TOL_ALIGN, TOL_F16, TOL_RGB, close, pipe, samm  # noqa: F401 (pytest fixtures used here)
+from tests.models.test_samm import TOL_ALIGN, TOL_F16, TOL_RGB, close
 
 PHOTOS = Path(__file__).resolve().parents[1] / "golden" / "samm"
 CASES = ("astronaut512", "astronaut2048", "grace_shift_flip", "grace_dark", "grace_clutter", "checker")
@@ -69,7 +69,7 @@ def stats_close(t: torch.Tensor, ref: np.ndarray, what: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 @torch.no_grad()
-def test_photo_matches_official(pipe, case):  # noqa: F811 (the fixture imported above)
+def test_photo_matches_official(pipe, case):
     """prepare -> encode -> render with SAMM, level by level, against the official forward pass.
 
     How the official forward was driven: ``run_ood_faceGAN_inversion.py`` with ``options/test/E4E_Face_test.yml``
