@@ -392,22 +392,6 @@ class FaceDetector:
             out.append((tuple(_lround(v) for v in pts), score))
         return out
 
-    def _suppress(self, cands: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
-        """dlib's greedy non-max suppression, then level-0 rects -> photo rects (inclusive), strongest first."""
-        layout = self._layout
-        assert layout is not None
-        kept: list[Candidate] = []
-        for score, rect in sorted(cands, key=lambda c: -c[0]):
-            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
-                kept.append((score, rect))
-        out = []
-        for score, rect in kept:
-            pts = np.array(rect, dtype=np.float64)
-            for _ in range(self.upsample):  # the python binding's pyramid_down<2>.rect_down(rect, upsample)
-                pts = pts / 2.0 - [1.25, 0.75, 1.25, 0.75]
-            out.append((tuple(_lround(v) for v in pts), score))
-        return out
-
     def _near_tie(self, cands: list[Candidate]) -> bool:
         """Whether a window dlib would keep and an overlapping one of another level (box width) score within
         ``_TIE_MARGIN`` of each other, the kept one at least ``min_score - _TIE_MARGIN``: then the rebuilt levels'

@@ -101,6 +101,14 @@ def _photo_options(aligned: bool, face: str, no_paste_back: bool, mask: str, mas
                         cycle_align, batch_size), extras
 
 
+def _model_args(generator: Path | None, encoder: Path | None, samm: Path | None, encoder_type: str,
+                restyle_iters: int, device: str, offline: bool, cycle_align: int | None) -> dict[str, Any]:
+    """The model options invert and edit share, checked, as ``FacefixPipeline.from_pretrained``'s arguments."""
+    return {"generator": generator, "encoder": encoder, "samm": samm,
+            "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
+            "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
+
+
 @app.command()
 def invert(
     inputs: Inputs,
@@ -138,9 +146,7 @@ def invert(
     with _errors_to_exit(debug):
         options, extras = _photo_options(aligned, face, no_paste_back, mask, MaskFrom.edited, resolution, seed,
                                          cycle_align, batch_size, save)
-        model = {"generator": generator, "encoder": encoder, "samm": samm,
-                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
-                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
+        model = _model_args(generator, encoder, samm, encoder_type, restyle_iters, device, offline, cycle_align)
         code = _run_photos("invert", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug)
     raise typer.Exit(code)
 
@@ -235,9 +241,7 @@ def edit(
                              "(see `facefix directions list`)")
         if latent is not None and not latent.exists():
             raise UsageError(f"--latent {latent}: no such file or folder")
-        model = {"generator": generator, "encoder": encoder, "samm": samm,
-                 "encoder_type": _chosen(EncoderType, encoder_type, "--encoder-type"), "restyle_iters": restyle_iters,
-                 "device": device, "offline": True if offline else None, "cycle_align": cycle_align}
+        model = _model_args(generator, encoder, samm, encoder_type, restyle_iters, device, offline, cycle_align)
         code = _run_photos("edit", inputs, model, options, extras, output, overwrite, shard, quiet, as_json, debug,
                            variants, latent)
     raise typer.Exit(code)
