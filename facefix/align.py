@@ -320,7 +320,7 @@ class FaceDetector:
 
         Returns:
             [(score, inclusive (l, t, r, b) rect in level-0 px)], unsorted, not yet suppressed (see
-            :meth:`_suppress`).
+            :meth:`_keep`).
         """
         layout = self._layout
         assert layout is not None, "redetect needs the HOG detector"
@@ -376,14 +376,18 @@ class FaceDetector:
                 found.append((float(score), tuple(_lround(v) for v in pts)))
         return found
 
-    def _suppress(self, cands: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
-        """dlib's greedy non-max suppression, then level-0 rects -> photo rects (inclusive), strongest first."""
+    def _keep(self, cands: list[Candidate]) -> list[Candidate]:
+        """dlib's greedy non-max suppression in level-0 rects: the windows it keeps, strongest first."""
         layout = self._layout
         assert layout is not None
         kept: list[Candidate] = []
         for score, rect in sorted(cands, key=lambda c: -c[0]):
             if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
                 kept.append((score, rect))
+        return kept
+
+    def _to_photo(self, kept: list[Candidate]) -> list[tuple[tuple[int, int, int, int], float]]:
+        """Kept windows' level-0 rects -> photo rects (inclusive), in the same order."""
         out = []
         for score, rect in kept:
             pts = np.array(rect, dtype=np.float64)
@@ -392,17 +396,13 @@ class FaceDetector:
             out.append((tuple(_lround(v) for v in pts), score))
         return out
 
-    def _near_tie(self, cands: list[Candidate]) -> bool:
-        """Whether a window dlib would keep and an overlapping one of another level (box width) score within
-        ``_TIE_MARGIN`` of each other, the kept one at least ``min_score - _TIE_MARGIN``: then the rebuilt levels'
-        scores (within ~0.1 of dlib's) cannot tell which box the full scan keeps. (Neighbouring cells of one level
-        share their pixels' errors and keep their order.)"""
+    def _near_tie(self, kept: list[Candidate], cands: list[Candidate]) -> bool:
+        """Whether a window dlib keeps (``kept``, :meth:`_keep` of ``cands``) and an overlapping one of another level
+        (box width) score within ``_TIE_MARGIN`` of each other, the kept one at least ``min_score - _TIE_MARGIN``:
+        then the rebuilt levels' scores (within ~0.1 of dlib's) cannot tell which box the full scan keeps.
+        (Neighbouring cells of one level share their pixels' errors and keep their order.)"""
         layout = self._layout
         assert layout is not None
-        kept: list[Candidate] = []
-        for score, rect in sorted(cands, key=lambda c: -c[0]):
-            if not any(_overlaps(rect, k, layout.iou, layout.covered) for _, k in kept):
-                kept.append((score, rect))
         return any(s1 - s2 < _TIE_MARGIN and s1 >= self.min_score - _TIE_MARGIN and r1[2] - r1[0] != r2[2] - r2[0]
                    and _overlaps(r1, r2, layout.iou, layout.covered) for s1, r1 in kept for s2, r2 in cands if s2 <= s1)
 
@@ -429,9 +429,10 @@ class FaceDetector:
                 dets = [(b, s) for b, (_, s) in zip(boxes, coarse, strict=True) if s >= threshold]
             elif boxes:
                 cands = [c for b in boxes for c in self._redetect(rgb, b, threshold)]
-                if self._near_tie(cands):
-                    cands = []  # the rebuilt levels cannot tell which window dlib keeps: scan the photo below
-                found = self._suppress(cands)
+                kept = self._keep(cands)
+                if self._near_tie(kept, cands):
+                    kept = []  # the rebuilt levels cannot tell which window dlib keeps: scan the photo below
+                found = self._to_photo(kept)
                 # Keep the strongest final box of each face the copy showed (others in the rebuilt windows may
                 # be suppressed, in the full scan, by windows on levels that were not rebuilt).
                 chosen: dict[tuple[int, int, int, int], float] = {}
