@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from facefix.errors import FacefixError, InputError, NoFaceError, UsageError, WeightsError
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 # public name -> the module that defines it
 _LAZY = {

@@ -218,6 +218,23 @@ def test_window_redetection_equals_full_scan_on_small_photos(name, reference_fac
     assert [b for b, _ in found] == [tuple(float(v) for v in b) for b, _, _ in ref]
 
 
+@pytest.mark.parametrize("name", ["grace 1x", "grace 3x", "grace 8x", "astronaut 3x touching bottom-right"])
+def test_near_tie_resolved_on_dlib_levels_without_a_full_scan(name, reference_faces, monkeypatch):
+    # Treat every detection as a near tie: the windows then come from dlib's own pyramid levels, so the box is
+    # the full scan's and so is the score (to float rounding where a window meets the photo's edge), and the
+    # full-resolution photo is never scanned whole.
+    img, ref = reference_faces(name)
+    det = FaceDetector(max_detect_side_px=160)
+    monkeypatch.setattr(det, "_near_tie", lambda kept, cands: True)
+    scanned = []
+    run = det._run
+    monkeypatch.setattr(det, "_run", lambda im, up, th: scanned.append(im.shape) or run(im, up, th))
+    found, _ = det.detect(img)
+    assert [b for b, _ in found] == [tuple(float(v) for v in b) for b, _, _ in ref]
+    np.testing.assert_allclose([s for _, s in found], [s for _, s, _ in ref], rtol=0, atol=1e-5)
+    assert scanned and img.shape not in scanned
+
+
 def test_weak_detection_kept_by_window_redetection(astronaut):
     # The mission patch (score ~0.12) is a second, weaker box the window search must reproduce too.
     import dlib
