@@ -85,7 +85,7 @@ class Face:
 
 _DLIB_UP_PAD = (1, 2)      # pyramid_up of an h x w image is (2h + 1) x (2w + 2) (its rect_up, rounded)
 _LEVEL_BOX_PX = 72.5       # a face box is ~72.5 level px wide on the level that detects it (80 px window)
-_TIE_MARGIN = 0.15         # rebuilt levels score windows within ~0.1 of dlib (measured on the test photos)
+_TIE_MARGIN = 0.15         # rebuilt levels score windows within ~0.12 of dlib (measured on the test photos)
 _HOG_MARGIN = 3            # cells: a HOG cell sees ~2 cells around it (block normalisation + bilinear binning)
 
 Window = tuple[int, int, int, int]  # (y0, y1, x0, x1) of one pyramid level, end-exclusive
@@ -177,10 +177,15 @@ def _overlaps(a: tuple[int, ...], b: tuple[int, ...], iou: float, covered: float
     return inner / outer > iou or inner / area(a) > covered or inner / area(b) > covered
 
 
+def _up_size(h: int, w: int) -> tuple[int, int]:
+    """(rows, cols) of dlib's pyramid_up of an h x w image."""
+    return 2 * h + _DLIB_UP_PAD[0], 2 * w + _DLIB_UP_PAD[1]
+
+
 def _pyramid_sizes(h: int, w: int, upsample: int, layout: _HogLayout) -> list[tuple[int, int]]:
     """(rows, cols) of every level dlib scans for an h x w photo (create_fhog_pyramid's level count)."""
     for _ in range(upsample):
-        h, w = 2 * h + _DLIB_UP_PAD[0], 2 * w + _DLIB_UP_PAD[1]
+        h, w = _up_size(h, w)
     sizes = [(h, w)]
     rect = (0, 0, w - 1, h - 1)
     n = 0
@@ -385,11 +390,12 @@ class FaceDetector:
         """The windows' pixels cut from dlib's own pyramid levels, made as its scan makes them (``pyramid_up``
         is a bilinear resize to (2h + 1) x (2w + 2), each further level a bilinear resize to 5/6) with dlib's
         own ``resize_image``: bit-identical to the full scan's. Costs the whole chain down to the deepest level
-        asked for (~1.7 s for all levels of a 12 MP photo); only the windows are kept."""
+        asked for (~1 s for a 12 MP photo, most of it the upsampled level and the few below); only the windows are
+        kept."""
         dlib = self._dlib
         img = np.ascontiguousarray(rgb)
         for _ in range(self.upsample):
-            img = dlib.resize_image(img, 2 * img.shape[0] + _DLIB_UP_PAD[0], 2 * img.shape[1] + _DLIB_UP_PAD[1])
+            img = dlib.resize_image(img, *_up_size(*img.shape[:2]))
         deepest = max((k for wins in faces for k in wins), default=-1)
         out: list[dict[int, np.ndarray]] = [{} for _ in faces]
         for k in range(deepest + 1):
@@ -488,7 +494,7 @@ class FaceDetector:
                 kept = self._keep(cands)
                 if self._near_tie(kept, cands):
                     # The rebuilt levels cannot tell which window dlib keeps: take the windows from dlib's own
-                    # levels (the whole resize chain, ~1-2 s on 12 MP, still far less than a full scan).
+                    # levels (the whole resize chain, ~1 s on 12 MP, still far less than a full scan).
                     exact = self._dlib_levels(rgb, grid, faces)
                     cands = [c for wins, px in zip(faces, exact, strict=True)
                              for c in self._scan(grid, wins, px, threshold)]
